@@ -1,0 +1,1 @@
+"""The event bus: event types, the NATS JetStream connection, the embedded server, settings."""

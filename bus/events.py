@@ -1,0 +1,259 @@
+"""The event vocabulary of arx: immutable, past-tense facts, JSON on the wire.
+
+Rules that keep old logs readable forever:
+- fields are only ever added, always with a default;
+- each type carries `schema`, bumped when a field's meaning changes, with an upcaster in UPCASTERS;
+- an unknown `type` is skipped and counted by the reader, never fatal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from typing import ClassVar, Union
+
+import msgspec
+
+LABELS = (
+    "keep",
+    "discard",
+    "within_noise",
+    "crash",
+    "preflight_crash",
+    "invalid_edit",
+    "train_budget_overrun",
+    "eval_budget_overrun",
+    "size_blocked",
+    "disqualified",
+    "harness_abort",
+)
+FAILURE_LABELS = frozenset(LABELS) - {"keep", "discard", "within_noise"}
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_token(kind: str, value: str) -> str:
+    """Ids become NATS subject tokens and file names: refuse anything else early and clearly."""
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise ValueError(f"{kind} {value!r} must be 1-64 characters of letters, digits, '_' or '-'")
+    return value
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class ObjectRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Large bytes live in the object store; events carry only where and what."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+class Evidence(msgspec.Struct, frozen=True, kw_only=True):
+    """What an agent needs to act on an outcome: which gate, how far off, where it broke."""
+
+    stage: str = ""
+    gate: str | None = None
+    measured: float | None = None
+    limit: float | None = None
+    frame: str | None = None
+    message: str = ""
+
+
+class GateVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    gate: str
+    passed: bool
+    measured: float | None = None
+    limit: float | None = None
+    detail: str = ""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    aggregate: ClassVar[str] = "campaign"
+    verb: ClassVar[str] = ""
+
+    event_id: str
+    campaign_id: str
+    occurred_at: str = msgspec.field(default_factory=now)
+    producer: str = ""
+    causation_id: str | None = None
+    schema: int = 1
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.campaign_id
+
+    @property
+    def subject(self) -> str:
+        return f"arx.ev.{self.campaign_id}.{self.aggregate}.{self.aggregate_id}.{self.verb}"
+
+
+class CampaignStarted(Event):
+    verb: ClassVar[str] = "started"
+
+    task: str
+    metric: str
+    direction: str  # "min" or "max"
+    max_trials: int
+    bundle: ObjectRef
+    arm: str = "lineage"
+    noise: float = 0.0
+    spec: dict = {}
+
+
+class CampaignStopped(Event):
+    verb: ClassVar[str] = "stopped"
+
+    reason: str
+    trials: int = 0
+
+
+class _TrialEvent(Event):
+    aggregate: ClassVar[str] = "trial"
+
+    trial_id: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.trial_id
+
+
+class SpecialistJoined(Event):
+    aggregate: ClassVar[str] = "specialist"
+    verb: ClassVar[str] = "joined"
+
+    specialist: str
+    surface: str
+    policy: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.specialist
+
+
+class TrialProposed(_TrialEvent):
+    verb: ClassVar[str] = "proposed"
+
+    specialist: str
+    surface: str
+    parent_id: str | None
+    hypothesis: str
+    diff: str
+    expected_delta: float | None = None
+    shown_ids: list[str] = []
+    policy: str = ""
+    model: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+
+
+class TrialStarted(_TrialEvent):
+    verb: ClassVar[str] = "started"
+
+    executor: str
+    attempt: int = 1
+
+
+class TrialFinished(_TrialEvent):
+    """What the executor saw from outside the recipe. Never a score."""
+
+    verb: ClassVar[str] = "finished"
+
+    executor: str
+    attempt: int = 1
+    commit: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    limits: dict[str, float] = {}
+    log_tail: str = ""
+    log: ObjectRef | None = None
+    artifact: ObjectRef | None = None
+
+
+class _TrialOutcome(_TrialEvent):
+    """Exactly one per trial: all share the subject `...trial.<id>.outcome`, first writer wins."""
+
+    verb: ClassVar[str] = "outcome"
+
+    label: str
+    evidence: Evidence = Evidence()
+
+
+class TrialScored(_TrialOutcome):
+    score: float | None = None
+    metrics: dict[str, float] = {}
+    gates: list[GateVerdict] = []
+    incumbent_id: str | None = None
+    incumbent_score: float | None = None
+    noise: float = 0.0
+
+
+class TrialRejected(_TrialOutcome):
+    label: str = "invalid_edit"
+
+
+class TrialAbandoned(_TrialOutcome):
+    label: str = "harness_abort"
+
+
+AnyEvent = Union[
+    CampaignStarted,
+    CampaignStopped,
+    SpecialistJoined,
+    TrialProposed,
+    TrialStarted,
+    TrialFinished,
+    TrialScored,
+    TrialRejected,
+    TrialAbandoned,
+]
+EVENT_TYPES = {cls.__name__: cls for cls in AnyEvent.__args__}
+OUTCOME_TYPES = (TrialScored, TrialRejected, TrialAbandoned)
+
+
+class _Envelope(msgspec.Struct):
+    type: str = ""
+    schema: int = 1
+
+
+# (type, schema) -> function upgrading the raw dict one schema step. Empty while every type is at v1.
+UPCASTERS: dict[tuple[str, int], callable] = {}
+
+_envelope = msgspec.json.Decoder(_Envelope)
+_decoder = msgspec.json.Decoder(AnyEvent)
+_raw = msgspec.json.Decoder(dict)
+_encoder = msgspec.json.Encoder()
+
+
+class UnknownEvent(Exception):
+    """A well-formed message whose type this version does not know: skip it and count it."""
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> Event:
+    """Decode one wire message. Raises msgspec.DecodeError (corrupt) or UnknownEvent (new type)."""
+    head = _envelope.decode(data)
+    if head.type not in EVENT_TYPES:
+        raise UnknownEvent(head.type)
+    if (head.type, head.schema) in UPCASTERS:
+        raw = _raw.decode(data)
+        while (raw["type"], raw.get("schema", 1)) in UPCASTERS:
+            raw = UPCASTERS[(raw["type"], raw.get("schema", 1))](raw)
+        return msgspec.convert(raw, AnyEvent)
+    return _decoder.decode(data)

@@ -1,0 +1,65 @@
+"""Settings shared by every arx process, read from ARX_* environment variables.
+
+One place for every tunable so that a role started on another host needs only NATS_URL
+(and whichever ARX_* it wants to change).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str | None = None
+    home: Path = Path(".arx")
+    # nats-server fsync interval: "always" trades publish speed for surviving an OS crash.
+    sync_interval: str = "2m"
+    embedded_port: int = 4222
+    stream: str = "ARX_EVENTS"
+    object_bucket: str = "arx-objects"
+    duplicate_window_s: float = 3600.0
+    # An executor that stops acking for ack_wait_s loses its trial to another executor.
+    ack_wait_s: float = 30.0
+    # Deliveries of one proposal before it is abandoned as harness_abort.
+    max_attempts: int = 3
+    log_tail_chars: int = 4000
+
+    @property
+    def pids_dir(self) -> Path:
+        return self.home / "pids"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+
+_ENV = {
+    "nats_url": ("NATS_URL", str),
+    "home": ("ARX_HOME", Path),
+    "sync_interval": ("ARX_SYNC_INTERVAL", str),
+    "embedded_port": ("ARX_NATS_PORT", int),
+    "stream": ("ARX_STREAM", str),
+    "object_bucket": ("ARX_OBJECT_BUCKET", str),
+    "duplicate_window_s": ("ARX_DUPLICATE_WINDOW_S", float),
+    "ack_wait_s": ("ARX_ACK_WAIT_S", float),
+    "max_attempts": ("ARX_MAX_ATTEMPTS", int),
+    "log_tail_chars": ("ARX_LOG_TAIL_CHARS", int),
+}
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from the environment; a malformed value is a clear error, not a default."""
+    env = os.environ if env is None else env
+    values = {}
+    for field, (var, convert) in _ENV.items():
+        raw = env.get(var)
+        if raw in (None, ""):
+            continue
+        try:
+            values[field] = convert(raw)
+        except ValueError as exc:
+            raise ValueError(f"{var}={raw!r}: {exc}") from None
+    return Settings(**values)

@@ -1,0 +1,160 @@
+"""Task specs: a task is a folder in evaluators/tasks/ holding task.toml, task.py and recipe/.
+
+Adding a task is adding a folder; nothing else in the code names a task.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import operator
+import tarfile
+import tomllib
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import msgspec
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+GATE_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    train_s: float
+    eval_s: float
+    memory_mb: int = 4096
+    file_mb: int = 64
+
+
+class Gate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    metric: str
+    op: str
+    limit: float
+    label: str = "disqualified"
+
+    def __post_init__(self):
+        if self.op not in GATE_OPS:
+            raise ValueError(f"gate on {self.metric}: op {self.op!r} is not one of {sorted(GATE_OPS)}")
+
+    def passes(self, value: float) -> bool:
+        return GATE_OPS[self.op](value, self.limit)
+
+
+class Surface(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    paths: list[str]
+
+
+class Knob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A numeric constant `NAME = value` at the start of a line in `path`."""
+
+    name: str
+    path: str
+    kind: str  # "int" or "float"
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("int", "float"):
+            raise ValueError(f"knob {self.name}: kind must be 'int' or 'float', not {self.kind!r}")
+        if not self.low < self.high:
+            raise ValueError(f"knob {self.name}: low {self.low} must be below high {self.high}")
+
+
+class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    description: str
+    metric: str
+    direction: str  # "min" or "max"
+    score: str  # "wall_s" (measured by the executor) or a metric the evaluator computes
+    command: list[str]
+    budgets: Budgets
+    surfaces: list[Surface]
+    gates: list[Gate] = []
+    knobs: list[Knob] = []
+    frozen: list[str] = []
+    noise: float = 0.0
+    exclusive_cores: int = 0
+
+    def __post_init__(self):
+        if self.direction not in ("min", "max"):
+            raise ValueError(f"direction must be 'min' or 'max', not {self.direction!r}")
+        if not self.command:
+            raise ValueError("command must not be empty")
+        names = [s.name for s in self.surfaces]
+        if len(set(names)) != len(names):
+            raise ValueError(f"surfaces: duplicate names in {names}")
+
+    def surface(self, name: str) -> Surface:
+        for surface in self.surfaces:
+            if surface.name == name:
+                return surface
+        raise KeyError(f"task {self.name} has no surface {name!r} (it has {[s.name for s in self.surfaces]})")
+
+    def better(self, a: float, b: float) -> bool:
+        """Is score a better than score b?"""
+        return a < b if self.direction == "min" else a > b
+
+
+class Task:
+    """A loaded task folder: its spec, its trusted code module and its starting recipe."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.spec = load_spec(folder / "task.toml")
+        self.recipe_dir = folder / "recipe"
+        if not self.recipe_dir.is_dir():
+            raise ValueError(f"task {self.spec.name}: missing recipe/ folder in {folder}")
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @cache
+    def module(self) -> ModuleType:
+        path = self.folder / "task.py"
+        loader_spec = importlib.util.spec_from_file_location(f"arx_task_{self.folder.name}", path)
+        module = importlib.util.module_from_spec(loader_spec)
+        loader_spec.loader.exec_module(module)
+        return module
+
+    def bundle(self) -> bytes:
+        """The starting recipe as a deterministic tar.gz (sorted names, zeroed owners and times)."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for path in sorted(p for p in self.recipe_dir.rglob("*") if p.is_file()):
+                rel = path.relative_to(self.recipe_dir)
+                if "__pycache__" in rel.parts:
+                    continue
+                info = tar.gettarinfo(str(path), arcname=str(rel))
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0
+                with open(path, "rb") as handle:
+                    tar.addfile(info, handle)
+        return gzip.compress(buffer.getvalue(), mtime=0)
+
+
+def load_spec(path: Path) -> TaskSpec:
+    """Parse and validate task.toml; errors name the file and the field that is wrong."""
+    try:
+        raw = tomllib.loads(path.read_text())
+        return msgspec.convert(raw, TaskSpec)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing") from None
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def task_names() -> list[str]:
+    return sorted(load_spec(f / "task.toml").name for f in TASKS_DIR.iterdir() if (f / "task.toml").exists())
+
+
+def load_task(name: str) -> Task:
+    folder = TASKS_DIR / name.replace("-", "_")
+    if not (folder / "task.toml").exists():
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
+    return Task(folder)
