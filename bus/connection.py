@@ -76,20 +76,27 @@ class Bus:
         With first_writer, the publish succeeds only if nothing was ever written on the event's
         subject (the one-outcome-per-trial rule); returns False when another writer got there first.
         """
-        headers = {"Nats-Msg-Id": event.event_id}
+        return await self.publish_bytes(
+            event.subject, encode(event), event.event_id, first_writer=first_writer, attempts=attempts
+        )
+
+    async def publish_bytes(
+        self, subject: str, payload: bytes, event_id: str, *, first_writer: bool = False, attempts: int = 3
+    ) -> bool:
+        """Publish an already encoded event as it is (an import keeps the recorded bytes); see publish."""
+        headers = {"Nats-Msg-Id": event_id}
         if first_writer:
             headers["Nats-Expected-Last-Subject-Sequence"] = "0"
-        payload = encode(event)
         for attempt in range(attempts):
             try:
-                await self.js.publish(event.subject, payload, headers=headers, timeout=5)
+                await self.js.publish(subject, payload, headers=headers, timeout=5)
                 return True
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
                 # The subject already has a message: ours from a retried publish, or a rival's.
-                last = await self.last_event(event.subject)
-                return last is not None and last.event_id == event.event_id
+                last = await self.last_event(subject)
+                return last is not None and last.event_id == event_id
             except NatsTimeout:
                 if attempt == attempts - 1:
                     raise
@@ -132,7 +139,7 @@ class Bus:
             while True:
                 try:
                     msgs = await sub.fetch(batch, timeout=0.5)
-                except NatsTimeout:
+                except (NatsTimeout, asyncio.TimeoutError):  # nats-py 2.16 fetch raises both kinds
                     if not follow and await self._consumer_done(sub):
                         return
                     continue

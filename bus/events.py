@@ -148,6 +148,8 @@ class TrialProposed(_TrialEvent):
     diff: str
     expected_delta: float | None = None
     shown_ids: list[str] = []
+    # Knob values this trial sets, for policies that search a declared space (empty for free-form edits).
+    params: dict[str, float] = {}
     policy: str = ""
     model: str | None = None
     tokens_in: int = 0
@@ -242,15 +244,29 @@ class UnknownEvent(Exception):
     """A well-formed message whose type this version does not know: skip it and count it."""
 
 
+class NewerSchema(UnknownEvent):
+    """A known type at a schema version newer than this code's: a field changed meaning, so reading
+    it as the old version would silently alter it. Skipped and counted like an unknown type."""
+
+
+def _schema_version(cls: type[Event]) -> int:
+    return next(field.default for field in msgspec.structs.fields(cls) if field.name == "schema")
+
+
+SCHEMA_VERSIONS = {name: _schema_version(cls) for name, cls in EVENT_TYPES.items()}
+
+
 def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
 def decode(data: bytes) -> Event:
-    """Decode one wire message. Raises msgspec.DecodeError (corrupt) or UnknownEvent (new type)."""
+    """Decode one wire message. Raises msgspec.DecodeError (corrupt) or UnknownEvent (new type or schema)."""
     head = _envelope.decode(data)
     if head.type not in EVENT_TYPES:
         raise UnknownEvent(head.type)
+    if head.schema > SCHEMA_VERSIONS[head.type]:
+        raise NewerSchema(f"{head.type} schema {head.schema}")
     if (head.type, head.schema) in UPCASTERS:
         raw = _raw.decode(data)
         while (raw["type"], raw.get("schema", 1)) in UPCASTERS:

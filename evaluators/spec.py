@@ -9,6 +9,7 @@ import gzip
 import importlib.util
 import io
 import operator
+import os
 import tarfile
 import tomllib
 from functools import cache
@@ -122,20 +123,25 @@ class Task:
         return module
 
     def bundle(self) -> bytes:
-        """The starting recipe as a deterministic tar.gz (sorted names, zeroed owners and times)."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for path in sorted(p for p in self.recipe_dir.rglob("*") if p.is_file()):
-                rel = path.relative_to(self.recipe_dir)
-                if "__pycache__" in rel.parts:
-                    continue
-                info = tar.gettarinfo(str(path), arcname=str(rel))
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-        return gzip.compress(buffer.getvalue(), mtime=0)
+        """The starting recipe as a deterministic tar.gz."""
+        return pack_folder(self.recipe_dir)
+
+
+def pack_folder(folder: Path) -> bytes:
+    """A folder as a deterministic tar.gz: sorted names, zeroed owners and times, no symlinks or caches."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+            rel = path.relative_to(folder)
+            if "__pycache__" in rel.parts:
+                continue
+            info = tar.gettarinfo(str(path), arcname=str(rel))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            with open(path, "rb") as handle:
+                tar.addfile(info, handle)
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 def load_spec(path: Path) -> TaskSpec:
@@ -153,8 +159,15 @@ def task_names() -> list[str]:
     return sorted(load_spec(f / "task.toml").name for f in TASKS_DIR.iterdir() if (f / "task.toml").exists())
 
 
+def task_folders() -> list[Path]:
+    """Where tasks are looked up: the folders in ARX_TASKS_PATH (os.pathsep-separated) first, then ours."""
+    extra = [Path(p) for p in os.environ.get("ARX_TASKS_PATH", "").split(os.pathsep) if p]
+    return [*extra, TASKS_DIR]
+
+
 def load_task(name: str) -> Task:
-    folder = TASKS_DIR / name.replace("-", "_")
-    if not (folder / "task.toml").exists():
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
-    return Task(folder)
+    for tasks_dir in task_folders():
+        folder = tasks_dir / name.replace("-", "_")
+        if (folder / "task.toml").exists():
+            return Task(folder)
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")

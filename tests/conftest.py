@@ -41,24 +41,26 @@ class NatsServer:
         self.proc.wait()
 
 
-@pytest.fixture(scope="session")
-def nats_server(tmp_path_factory):
-    server = NatsServer(tmp_path_factory.mktemp("nats"))
+@pytest.fixture
+def nats_server(tmp_path):
+    """A fresh server per test (it starts in well under a second): no state leaks between tests."""
+    root = tmp_path / "nats"
+    root.mkdir()
+    server = NatsServer(root)
     server.start()
     yield server
-    server.kill()
+    if server.proc.poll() is None:
+        server.kill()
 
 
 @pytest.fixture
 def arx_env(nats_server, tmp_path, monkeypatch):
-    """Environment for arx code and child processes: this test's server, home and a fresh stream."""
-    stream = f"T{tmp_path.name.replace('-', '_')[-40:]}"
+    """Environment for arx code and child processes: this test's own server and home."""
     env = {
         "NATS_URL": nats_server.url,
         "ARX_HOME": str(tmp_path / "arx-home"),
-        "ARX_STREAM": stream,
-        "ARX_OBJECT_BUCKET": f"obj-{stream.lower()}",
         "ARX_ACK_WAIT_S": "5",
+        "ARX_TASKS_PATH": str(ROOT / "tests" / "tasks"),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

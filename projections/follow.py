@@ -1,0 +1,53 @@
+"""Keep a Lineage in step with the stream: catch up once, or follow for as long as a process lives."""
+
+from __future__ import annotations
+
+import anyio
+
+from bus.connection import SUBJECTS, Bus
+from projections.lineage import Lineage
+
+
+async def catch_up(bus: Bus, lineage: Lineage, *, subject: str = SUBJECTS) -> int:
+    """Fold everything in the stream now (or only what matches subject); returns events applied."""
+    applied = 0
+    async for batch in bus.read(start_seq=lineage.checkpoint + 1, subject=subject):
+        applied += lineage.apply(batch)
+    return applied
+
+
+async def follow(bus: Bus, lineage: Lineage, on_batch=None) -> None:
+    """Fold new events as they arrive, forever (cancel the task to stop)."""
+    async for batch in bus.read(start_seq=lineage.checkpoint + 1, follow=True):
+        lineage.apply(batch)
+        if on_batch is not None:
+            on_batch()
+
+
+class LiveLineage:
+    """An in-process lineage view that a role (agent, evaluator) keeps current in the background."""
+
+    def __init__(self, bus: Bus, lineage: Lineage | None = None):
+        self.bus = bus
+        self.lineage = lineage or Lineage()
+        self._changed = anyio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def run(self) -> None:
+        await follow(self.bus, self.lineage, on_batch=self._notify)
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
+        """Wait until every event up to `seq` is folded; False if that took longer than timeout."""
+        with anyio.move_on_after(timeout):
+            while self.lineage.checkpoint < seq:
+                await self._changed.wait()
+            return True
+        return False
+
+    async def changed(self, timeout: float) -> None:
+        """Return when the next batch is folded or after timeout, whichever comes first."""
+        with anyio.move_on_after(timeout):
+            await self._changed.wait()

@@ -1,0 +1,116 @@
+"""Bounded read-only queries on the lineage: the same cost at 10 trials and at 100,000."""
+
+from __future__ import annotations
+
+import msgspec
+
+from projections.lineage import Lineage, loads
+
+
+class Incumbent(msgspec.Struct, frozen=True):
+    trial_id: str
+    score: float
+
+
+def campaign(lineage: Lineage, campaign_id: str | None = None) -> dict | None:
+    """The named campaign, or the most recently started one."""
+    if campaign_id is None:
+        rows = lineage.query("SELECT * FROM campaigns ORDER BY started_seq DESC LIMIT 1")
+    else:
+        rows = lineage.query("SELECT * FROM campaigns WHERE campaign_id = ?", (campaign_id,))
+    if not rows:
+        return None
+    row = rows[0]
+    row["spec"] = loads(row["spec"]) or {}
+    return row
+
+
+def _order(direction: str) -> str:
+    return "ASC" if direction == "min" else "DESC"
+
+
+def incumbent(lineage: Lineage, campaign_id: str, direction: str) -> Incumbent | None:
+    """The best kept trial: the one every new trial must beat by more than the noise."""
+    rows = lineage.query(
+        f"SELECT trial_id, score FROM trials WHERE campaign_id = ? AND label = 'keep' AND score IS NOT NULL"
+        f" ORDER BY score {_order(direction)}, outcome_seq LIMIT 1",
+        (campaign_id,),
+    )
+    return Incumbent(rows[0]["trial_id"], rows[0]["score"]) if rows else None
+
+
+def counted_outcomes(lineage: Lineage, campaign_id: str) -> int:
+    """Trials that count against the campaign's budget: scored or rejected, not abandoned."""
+    (n,) = lineage.db.execute(
+        "SELECT count(*) FROM trials WHERE campaign_id = ? AND outcome IN ('TrialScored', 'TrialRejected')",
+        (campaign_id,),
+    ).fetchone()
+    return n
+
+
+def in_flight(lineage: Lineage, campaign_id: str, specialist: str | None = None) -> int:
+    """Proposed trials without an outcome yet (optionally only one specialist's)."""
+    sql = "SELECT count(*) FROM trials WHERE campaign_id = ? AND outcome IS NULL"
+    params: tuple = (campaign_id,)
+    if specialist is not None:
+        sql += " AND specialist = ?"
+        params += (specialist,)
+    return lineage.db.execute(sql, params).fetchone()[0]
+
+
+def improvement_pct(baseline: float | None, best: float | None) -> float | None:
+    """Signed change of the best over the baseline: negative when the score went down."""
+    if baseline is None or best is None or baseline == 0:
+        return None
+    return round((best - baseline) / abs(baseline) * 100.0, 3)
+
+
+def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 10) -> dict | None:
+    """What `arx status` shows: labels, baseline, incumbent, improvement and the last trials."""
+    camp = campaign(lineage, campaign_id)
+    if camp is None:
+        return None
+    c = camp["campaign_id"]
+    labels = {
+        row["label"]: row["n"]
+        for row in lineage.query(
+            "SELECT label, count(*) AS n FROM trials WHERE campaign_id = ? AND label IS NOT NULL"
+            " GROUP BY label ORDER BY label",
+            (c,),
+        )
+    }
+    (scored,) = lineage.db.execute(
+        "SELECT count(*) FROM trials WHERE campaign_id = ? AND outcome = 'TrialScored'", (c,)
+    ).fetchone()
+    baseline = lineage.query(
+        "SELECT score FROM trials WHERE campaign_id = ? AND parent_id IS NULL ORDER BY proposed_seq LIMIT 1",
+        (c,),
+    )
+    baseline_score = baseline[0]["score"] if baseline else None
+    best = incumbent(lineage, c, camp["direction"])
+    last = lineage.query(
+        "SELECT trial_id, specialist, label, score, delta, hypothesis FROM trials"
+        " WHERE campaign_id = ? AND outcome_seq IS NOT NULL ORDER BY outcome_seq DESC LIMIT ?",
+        (c, recent),
+    )
+    return {
+        "campaign": c,
+        "task": camp["task"],
+        "metric": camp["metric"],
+        "direction": camp["direction"],
+        "arm": camp["arm"],
+        "max_trials": camp["max_trials"],
+        "stopped": camp["stopped_at"] is not None,
+        "trials_proposed": lineage.db.execute(
+            "SELECT count(*) FROM trials WHERE campaign_id = ?", (c,)
+        ).fetchone()[0],
+        "trials_scored": scored,
+        "in_flight": in_flight(lineage, c),
+        "labels": labels,
+        "noise": camp["noise"],
+        "baseline_score": baseline_score,
+        "best_score": best.score if best else None,
+        "best_trial": best.trial_id if best else None,
+        "improvement_pct": improvement_pct(baseline_score, best.score if best else None),
+        "recent": last,
+    }
