@@ -1,0 +1,313 @@
+"""The specialist base: every policy extends Specialist and writes only `propose`.
+
+The loop keeps no private memory: the campaign, the budget, its own in-flight trials, the trial
+numbering and every trial's tree come from the lineage (folded from the log in the background) and
+the campaign bundle, so an agent that restarts carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import anyio
+
+from agents.trees import Trees
+from bus.connection import Bus
+from bus.events import SpecialistJoined, TrialProposed, check_token
+from bus.settings import Settings, load_settings
+from evaluators.spec import Task, TaskSpec, load_task
+from projections import views
+from projections.follow import LiveLineage
+from projections.lineage import Lineage
+from projections.views import Incumbent
+
+log = logging.getLogger("arx.agent")
+
+ALL_PATHS = "*"
+# Trial ids are "<specialist>-<nnnn>-<6 hex>" and must stay a 64-character subject token.
+MAX_SPECIALIST_CHARS = 52
+FOLD_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proposal:
+    """What a policy wants to try; the base turns it into a TrialProposed event."""
+
+    hypothesis: str
+    diff: str
+    params: dict[str, float] = field(default_factory=dict)
+    expected_delta: float | None = None
+    # None: the context's default parent (the incumbent); the diff must be against this parent's tree.
+    parent_id: str | None = None
+    shown_ids: list[str] = field(default_factory=list)
+    model: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """Everything a policy may look at: the lineage, the campaign, the task and trees of trials."""
+
+    lineage: Lineage
+    campaign: dict
+    task: Task
+    specialist: str
+    surface: str
+    incumbent: Incumbent | None
+    # The default parent: the incumbent, or the campaign's root (baseline) trial while none is kept.
+    parent_id: str
+    files: dict[str, str]  # the default parent's tree: path -> text
+    trees: Trees
+
+    @property
+    def campaign_id(self) -> str:
+        return self.campaign["campaign_id"]
+
+    async def tree(self, trial_id: str) -> dict[str, str]:
+        """The files of any trial of this campaign, for a policy that picks another parent."""
+        return await self.trees.tree(trial_id)
+
+
+def surface_paths(spec: TaskSpec, surface: str) -> list[str] | None:
+    """The paths a surface may edit; None means every path ('*')."""
+    if surface == ALL_PATHS:
+        return None
+    try:
+        return spec.surface(surface).paths
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+
+
+def path_in(path: str, paths: list[str] | None) -> bool:
+    """Is path one of paths (None: every path)? A path ending in "/" covers a whole folder."""
+    if paths is None:
+        return True
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
+
+
+def root_trial(lineage: Lineage, campaign_id: str) -> str | None:
+    rows = lineage.query(
+        "SELECT trial_id FROM trials WHERE campaign_id = ? AND parent_id IS NULL ORDER BY proposed_seq LIMIT 1",
+        (campaign_id,),
+    )
+    return rows[0]["trial_id"] if rows else None
+
+
+class Specialist:
+    """One agent process: joins a campaign and proposes trials until the campaign stops."""
+
+    policy: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        *,
+        specialist: str,
+        surface: str,
+        campaign_id: str | None = None,
+        max_in_flight: int = 1,
+        seed: int = 0,
+        settings: Settings | None = None,
+        poll_s: float = 2.0,
+    ):
+        check_token("specialist", specialist)
+        if len(specialist) > MAX_SPECIALIST_CHARS:
+            raise ValueError(f"specialist {specialist!r} is longer than {MAX_SPECIALIST_CHARS} characters")
+        if campaign_id is not None:
+            check_token("campaign", campaign_id)
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        self.specialist = specialist
+        self.surface = surface
+        self.campaign_id = campaign_id
+        self.max_in_flight = max_in_flight
+        self.seed = seed
+        self.settings = settings or load_settings()
+        self.poll_s = poll_s
+
+    async def propose(self, context: Context) -> Proposal | None:
+        """The policy: a proposal, or None when it has nothing to try right now."""
+        raise NotImplementedError
+
+    async def context(self, lineage: Lineage, camp: dict, task: Task, trees: Trees) -> Context | None:
+        """What the policy is shown now, with the incumbent's tree (the root's while none is kept);
+        None while the campaign's baseline trial is not in the log yet."""
+        c = camp["campaign_id"]
+        best = views.incumbent(lineage, c, camp["direction"])
+        parent_id = best.trial_id if best else root_trial(lineage, c)
+        if parent_id is None:
+            return None
+        return Context(
+            lineage=lineage,
+            campaign=camp,
+            task=task,
+            specialist=self.specialist,
+            surface=self.surface,
+            incumbent=best,
+            parent_id=parent_id,
+            files=await trees.tree(parent_id),
+            trees=trees,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Work on the campaign until it stops; returns its id."""
+        bus = await Bus.connect(self.settings, name=f"arx-agent-{self.specialist}")
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                live = LiveLineage(bus)
+                tg.start_soon(live.run)
+                try:
+                    campaign_id = await self._work(bus, live)
+                except Exception as exc:  # raised as itself, not wrapped in the task group's ExceptionGroup
+                    error = exc
+                tg.cancel_scope.cancel()
+            if error is not None:
+                raise error
+            return campaign_id
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await bus.close()
+
+    async def _work(self, bus: Bus, live: LiveLineage) -> str:
+        while not await live.wait_for(await bus.last_seq(), timeout=FOLD_TIMEOUT_S):
+            log.info("%s: still catching up with the log", self.specialist)
+        camp = await self._pick_campaign(live)
+        c = camp["campaign_id"]
+        if camp["stopped_at"] is None:
+            task = load_task(camp["task"])
+            surface_paths(task.spec, self.surface)  # an unknown surface fails here, before joining
+            await self._join(bus, live.lineage, c)
+            trees = Trees(bus, live.lineage, c)
+            await self._loop(bus, live, c, task, trees)
+        log.info("%s: campaign %s stopped", self.specialist, c)
+        return c
+
+    async def _pick_campaign(self, live: LiveLineage) -> dict:
+        """The named campaign, or the latest one that has not stopped; waits for it to start."""
+        waiting = False
+        while True:
+            if self.campaign_id is not None:
+                camp = views.campaign(live.lineage, self.campaign_id)
+            else:
+                rows = live.lineage.query(
+                    "SELECT campaign_id FROM campaigns WHERE stopped_at IS NULL ORDER BY started_seq DESC LIMIT 1"
+                )
+                camp = views.campaign(live.lineage, rows[0]["campaign_id"]) if rows else None
+            if camp is not None:
+                return camp
+            if not waiting:
+                log.info("%s: waiting for %s to start", self.specialist, self.campaign_id or "a campaign")
+                waiting = True
+            await live.changed(self.poll_s)
+
+    async def _join(self, bus: Bus, lineage: Lineage, c: str) -> None:
+        joined = lineage.query(
+            "SELECT 1 FROM specialists WHERE campaign_id = ? AND specialist = ?", (c, self.specialist)
+        )
+        if not joined:
+            await bus.publish(
+                SpecialistJoined(
+                    event_id=f"{c}-{self.specialist}-joined",
+                    campaign_id=c,
+                    producer=self._producer,
+                    specialist=self.specialist,
+                    surface=self.surface,
+                    policy=self.policy,
+                )
+            )
+
+    async def _loop(self, bus: Bus, live: LiveLineage, c: str, task: Task, trees: Trees) -> None:
+        while True:
+            camp = views.campaign(live.lineage, c)
+            if camp["stopped_at"] is not None:
+                return
+            if self._has_room(live.lineage, camp):
+                trial_id = await self._propose_once(bus, live.lineage, camp, task, trees)
+                if trial_id is not None:
+                    await self._await_folded(live, c, trial_id)
+                    continue
+            await live.changed(self.poll_s)
+
+    def _has_room(self, lineage: Lineage, camp: dict) -> bool:
+        c = camp["campaign_id"]
+        used = views.counted_outcomes(lineage, c) + views.in_flight(lineage, c)
+        return used < camp["max_trials"] and views.in_flight(lineage, c, self.specialist) < self.max_in_flight
+
+    async def _propose_once(self, bus: Bus, lineage: Lineage, camp: dict, task: Task, trees: Trees) -> str | None:
+        """Ask the policy once and publish what it proposes; returns the new trial id or None."""
+        c = camp["campaign_id"]
+        try:
+            context = await self.context(lineage, camp, task, trees)
+            if context is None:
+                return None
+            proposal = await self.propose(context)
+            if proposal is not None:
+                self._check(lineage, c, proposal)
+        except Exception:
+            # A policy that fails must not take the process down: say why and try again later.
+            log.exception("%s: proposing a trial for %s failed", self.specialist, c)
+            await anyio.sleep(self.poll_s)
+            return None
+        if proposal is None or views.campaign(lineage, c)["stopped_at"] is not None:
+            return None
+        trial_id = self._next_trial_id(lineage, c)
+        await bus.publish(self._event(c, trial_id, proposal.parent_id or context.parent_id, proposal))
+        log.info("%s: proposed %s: %s", self.specialist, trial_id, proposal.hypothesis)
+        return trial_id
+
+    @staticmethod
+    def _check(lineage: Lineage, c: str, proposal: Proposal) -> None:
+        if proposal.parent_id is not None and not lineage.query(
+            "SELECT 1 FROM trials WHERE campaign_id = ? AND trial_id = ?", (c, proposal.parent_id)
+        ):
+            raise ValueError(f"proposal names parent {proposal.parent_id!r}, which is not a trial of {c}")
+
+    def _next_trial_id(self, lineage: Lineage, c: str) -> str:
+        (count,) = lineage.db.execute(
+            "SELECT count(*) FROM trials WHERE campaign_id = ? AND specialist = ?", (c, self.specialist)
+        ).fetchone()
+        return check_token("trial", f"{self.specialist}-{count + 1:04d}-{uuid.uuid4().hex[:6]}")
+
+    def _event(self, c: str, trial_id: str, parent_id: str, proposal: Proposal) -> TrialProposed:
+        return TrialProposed(
+            event_id=f"{c}-{trial_id}-proposed",
+            campaign_id=c,
+            producer=self._producer,
+            trial_id=trial_id,
+            specialist=self.specialist,
+            surface=self.surface,
+            parent_id=parent_id,
+            hypothesis=proposal.hypothesis,
+            diff=proposal.diff,
+            expected_delta=proposal.expected_delta,
+            shown_ids=list(proposal.shown_ids),
+            params=dict(proposal.params),
+            policy=self.policy,
+            model=proposal.model,
+            tokens_in=proposal.tokens_in,
+            tokens_out=proposal.tokens_out,
+            latency_s=proposal.latency_s,
+            cost_usd=proposal.cost_usd,
+        )
+
+    async def _await_folded(self, live: LiveLineage, c: str, trial_id: str) -> None:
+        """Count our own proposal before deciding on the next one, so max_in_flight holds."""
+        with anyio.move_on_after(FOLD_TIMEOUT_S):
+            while not live.lineage.query(
+                "SELECT 1 FROM trials WHERE campaign_id = ? AND trial_id = ?", (c, trial_id)
+            ):
+                await live.changed(self.poll_s)
+            return
+        log.warning("%s: %s not seen in the log after %.0fs", self.specialist, trial_id, FOLD_TIMEOUT_S)
+
+    @property
+    def _producer(self) -> str:
+        return f"agent:{self.specialist}"

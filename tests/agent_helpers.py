@@ -1,0 +1,99 @@
+"""Shared steps of the agent tests: start a campaign as `arx campaign start` does, record outcomes."""
+
+from __future__ import annotations
+
+import anyio
+
+from agents.edits import knob_values
+from agents.trees import bundle_files
+from bus.connection import Bus
+from bus.events import CampaignStarted, CampaignStopped, TrialAbandoned, TrialProposed, TrialScored
+from evaluators.spec import load_task
+from projections.follow import catch_up
+from projections.lineage import Lineage
+
+TASK = load_task("digits-speedrun")
+BASELINE_FILES = bundle_files(TASK.bundle())
+BASELINE_PARAMS = knob_values(BASELINE_FILES, TASK.spec.knobs)
+
+
+async def start_campaign(bus: Bus, c: str, *, max_trials: int = 20, baseline_params: bool = True) -> None:
+    """CampaignStarted with the task's bundle, then the baseline trial."""
+    ref = await bus.put_object(f"{c}-bundle", TASK.bundle())
+    spec = TASK.spec
+    started = CampaignStarted(
+        event_id=f"{c}-started",
+        campaign_id=c,
+        task=spec.name,
+        metric=spec.metric,
+        direction=spec.direction,
+        max_trials=max_trials,
+        bundle=ref,
+        noise=spec.noise,
+    )
+    await bus.publish(started)
+    params = BASELINE_PARAMS if baseline_params else {}
+    await propose(bus, c, "baseline", None, "", params=params, specialist="baseline")
+
+
+async def propose(
+    bus: Bus, c: str, trial_id: str, parent_id: str | None, diff: str, *, params=None, specialist: str = "other"
+) -> None:
+    proposed = TrialProposed(
+        event_id=f"{c}-{trial_id}-proposed",
+        campaign_id=c,
+        trial_id=trial_id,
+        specialist=specialist,
+        surface=specialist,
+        parent_id=parent_id,
+        hypothesis=f"test trial {trial_id}",
+        diff=diff,
+        params=params or {},
+    )
+    await bus.publish(proposed)
+
+
+async def score(bus: Bus, c: str, trial_id: str, value: float | None = 10.0, label: str = "keep") -> None:
+    outcome = TrialScored(
+        event_id=f"{c}-{trial_id}-outcome", campaign_id=c, trial_id=trial_id, label=label, score=value
+    )
+    await bus.publish(outcome, first_writer=True)
+
+
+async def abandon(bus: Bus, c: str, trial_id: str) -> None:
+    outcome = TrialAbandoned(event_id=f"{c}-{trial_id}-outcome", campaign_id=c, trial_id=trial_id)
+    await bus.publish(outcome, first_writer=True)
+
+
+async def stop_campaign(bus: Bus, c: str) -> None:
+    await bus.publish(CampaignStopped(event_id=f"{c}-stopped", campaign_id=c, reason="test"))
+
+
+async def folded(bus: Bus) -> Lineage:
+    """A fresh lineage with everything in the log now."""
+    lineage = Lineage()
+    await catch_up(bus, lineage)
+    return lineage
+
+
+async def trials_of(bus: Bus, c: str, specialist: str) -> list[dict]:
+    lineage = await folded(bus)
+    rows = lineage.query(
+        "SELECT * FROM trials WHERE campaign_id = ? AND specialist = ? ORDER BY proposed_seq", (c, specialist)
+    )
+    lineage.close()
+    return rows
+
+
+async def wait_for_trials(bus: Bus, c: str, specialist: str, count: int, timeout: float = 15.0) -> list[dict]:
+    """Poll the log until the specialist has proposed `count` trials; fail after timeout."""
+    with anyio.fail_after(timeout):
+        while len(rows := await trials_of(bus, c, specialist)) < count:
+            await anyio.sleep(0.05)
+    return rows
+
+
+async def stays_at(bus: Bus, c: str, specialist: str, count: int, seconds: float = 1.0) -> bool:
+    """True if the specialist still has exactly `count` trials after `seconds`."""
+    await anyio.sleep(seconds)
+    return len(await trials_of(bus, c, specialist)) == count

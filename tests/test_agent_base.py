@@ -1,0 +1,206 @@
+"""The specialist loop against a real nats-server: campaign choice, in-flight and budget limits,
+stopping, restarting without private memory, and trees rebuilt from the log."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from agent_helpers import (
+    BASELINE_FILES,
+    abandon,
+    folded,
+    propose,
+    score,
+    start_campaign,
+    stays_at,
+    stop_campaign,
+    trials_of,
+    wait_for_trials,
+)
+
+from agents.base import Context, Proposal, Specialist
+from agents.edits import apply_diff, read_knob, set_knob, unified_diff
+from agents.trees import Trees
+from bus.connection import Bus
+from bus.events import decode
+
+pytestmark = pytest.mark.anyio
+
+
+class StepEpochs(Specialist):
+    """A minimal policy: one more epoch than the parent has."""
+
+    policy = "step"
+
+    async def propose(self, context: Context) -> Proposal:
+        old = context.files["train.py"]
+        new = set_knob(old, "EPOCHS", read_knob(old, "EPOCHS") + 1)
+        return Proposal(
+            hypothesis="one more epoch", diff=unified_diff("train.py", old, new), shown_ids=[context.parent_id]
+        )
+
+
+class Broken(Specialist):
+    policy = "broken"
+
+    async def propose(self, context: Context) -> Proposal:
+        raise RuntimeError("policy bug")
+
+
+def stepper(**kwargs) -> StepEpochs:
+    return StepEpochs(specialist="stepper", surface="optimizer", poll_s=0.1, **kwargs)
+
+
+async def run_until_stopped(agent: Specialist, bus: Bus, c: str, steps) -> str:
+    """Run agent beside the test steps, stop the campaign, and return what run() returned."""
+    result = {}
+
+    async def run():
+        result["campaign"] = await agent.run()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await steps()
+            await stop_campaign(bus, c)
+    return result["campaign"]
+
+
+async def joined_events(bus: Bus, c: str) -> list:
+    events = []
+    async for batch in bus.read(subject=f"arx.ev.{c}.specialist.>"):
+        events += [decode(m.data) for m in batch]
+    return events
+
+
+async def test_respects_max_in_flight_and_a_restart_carries_on(arx_env):
+    async with await Bus.connect() as bus:
+        await start_campaign(bus, "c1")
+        await score(bus, "c1", "baseline", 10.0)
+
+        async def steps():
+            rows = await wait_for_trials(bus, "c1", "stepper", 2)
+            assert await stays_at(bus, "c1", "stepper", 2)
+            assert [r["trial_id"][:13] for r in rows] == ["stepper-0001-", "stepper-0002-"]
+            assert all(r["parent_id"] == "baseline" and r["policy"] == "step" for r in rows)
+            assert rows[0]["shown_ids"] == '["baseline"]'
+
+        first = stepper(max_in_flight=2)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first.run)
+                await steps()
+                tg.cancel_scope.cancel()  # the process dies; its trials stay in flight
+
+        async def after_restart():
+            # The new process counts the two in-flight trials from the log and waits.
+            assert await stays_at(bus, "c1", "stepper", 2)
+            await score(bus, "c1", (await trials_of(bus, "c1", "stepper"))[0]["trial_id"], 11.0, "discard")
+            rows = await wait_for_trials(bus, "c1", "stepper", 3)
+            assert rows[2]["trial_id"].startswith("stepper-0003-")
+
+        assert await run_until_stopped(stepper(max_in_flight=2), bus, "c1", after_restart) == "c1"
+        assert await stays_at(bus, "c1", "stepper", 3, seconds=0.3)
+        joined = await joined_events(bus, "c1")
+        assert [(e.specialist, e.surface, e.policy) for e in joined] == [("stepper", "optimizer", "step")]
+
+
+async def test_stops_proposing_when_the_budget_is_used(arx_env):
+    async with await Bus.connect() as bus:
+        await start_campaign(bus, "c1", max_trials=3)
+        await score(bus, "c1", "baseline", 10.0)
+
+        async def steps():
+            # 1 counted outcome + 2 in flight = 3: the budget is used although max_in_flight is 5.
+            rows = await wait_for_trials(bus, "c1", "stepper", 2)
+            assert await stays_at(bus, "c1", "stepper", 2)
+            await score(bus, "c1", rows[0]["trial_id"], 12.0, "discard")
+            assert await stays_at(bus, "c1", "stepper", 2)
+            # An abandoned trial does not count against the budget, so its place is free again.
+            await abandon(bus, "c1", rows[1]["trial_id"])
+            await wait_for_trials(bus, "c1", "stepper", 3)
+            assert await stays_at(bus, "c1", "stepper", 3)
+
+        await run_until_stopped(stepper(max_in_flight=5), bus, "c1", steps)
+
+
+async def test_proposes_against_the_incumbent_tree_rebuilt_from_the_chain(arx_env):
+    async with await Bus.connect() as bus:
+        await start_campaign(bus, "c1")
+        await score(bus, "c1", "baseline", 10.0)
+        t1 = set_knob(BASELINE_FILES["train.py"], "LR", 0.05)
+        await propose(bus, "c1", "t1", "baseline", unified_diff("train.py", BASELINE_FILES["train.py"], t1))
+        await score(bus, "c1", "t1", 9.0)
+        t2 = set_knob(t1, "EPOCHS", 20)
+        await propose(bus, "c1", "t2", "t1", unified_diff("train.py", t1, t2))
+        await score(bus, "c1", "t2", 8.0)
+
+        trees = Trees(bus, await folded(bus), "c1")
+        assert await trees.tree("t2") == {**BASELINE_FILES, "train.py": t2}
+        with pytest.raises(LookupError, match="not in the lineage"):
+            await trees.tree("nope")
+
+        async def steps():
+            (row,) = await wait_for_trials(bus, "c1", "stepper", 1)
+            assert row["parent_id"] == "t2"
+            applied = apply_diff({"train.py": t2}, row["diff"])
+            assert read_knob(applied["train.py"], "EPOCHS") == 21
+            assert read_knob(applied["train.py"], "LR") == 0.05
+
+        await run_until_stopped(stepper(), bus, "c1", steps)
+
+
+async def test_waits_for_a_campaign_and_picks_the_latest_running_one(arx_env):
+    async with await Bus.connect() as bus:
+        await start_campaign(bus, "old")
+        await stop_campaign(bus, "old")
+
+        async def steps():
+            await anyio.sleep(0.5)
+            assert await trials_of(bus, "old", "stepper") == []
+            await start_campaign(bus, "new")
+            await wait_for_trials(bus, "new", "stepper", 1)
+
+        assert await run_until_stopped(stepper(), bus, "new", steps) == "new"
+        assert await joined_events(bus, "old") == []
+
+
+async def test_a_stopped_campaign_ends_the_run_at_once(arx_env):
+    async with await Bus.connect() as bus:
+        await start_campaign(bus, "c1")
+        await stop_campaign(bus, "c1")
+        with anyio.fail_after(15):
+            assert await stepper(campaign_id="c1").run() == "c1"
+        assert await trials_of(bus, "c1", "stepper") == []
+
+
+async def test_a_failing_policy_does_not_take_the_process_down(arx_env, caplog):
+    async with await Bus.connect() as bus:
+        await start_campaign(bus, "c1")
+        agent = Broken(specialist="broken", surface="optimizer", poll_s=0.1)
+
+        async def steps():
+            with anyio.fail_after(10):
+                while "policy bug" not in caplog.text:
+                    await anyio.sleep(0.05)
+
+        assert await run_until_stopped(agent, bus, "c1", steps) == "c1"
+        assert await trials_of(bus, "c1", "broken") == []
+
+
+async def test_an_unknown_surface_is_a_clear_error(arx_env):
+    async with await Bus.connect() as bus:
+        await start_campaign(bus, "c1")
+        agent = StepEpochs(specialist="s", surface="nonsense")
+        with anyio.fail_after(15), pytest.raises(ValueError, match="no surface 'nonsense'"):
+            await agent.run()
+        assert await joined_events(bus, "c1") == []
+
+
+def test_bad_names_are_refused_before_connecting():
+    with pytest.raises(ValueError, match="specialist"):
+        StepEpochs(specialist="has space", surface="optimizer")
+    with pytest.raises(ValueError, match="longer than"):
+        StepEpochs(specialist="x" * 60, surface="optimizer")
+    with pytest.raises(ValueError, match="max_in_flight"):
+        StepEpochs(specialist="s", surface="optimizer", max_in_flight=0)
