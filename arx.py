@@ -1,0 +1,110 @@
+"""The `arx` command: one subcommand per role or tool; each lives in the package that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, function, help). Modules are imported only when their command runs.
+COMMANDS = {
+    "server": ("bus.cli", "serve", "start the embedded nats-server if none answers at NATS_URL"),
+    "campaign": ("evaluators.campaign", "cli", "start or stop a campaign"),
+    "task": ("evaluators.campaign", "cli_task", "list the tasks, or show one task's spec"),
+    "watch": ("projections.watch", "cli", "follow a campaign with a progress bar until it stops"),
+    "executor": ("executors.worker", "cli", "run trials from the shared executor queue"),
+    "evaluator": ("evaluators.worker", "cli", "score finished trials and label their outcomes"),
+    "projector": ("projections.projector", "cli_follow", "fold the event log into lineage.db, continuously"),
+    "replay": ("projections.projector", "cli_replay", "rebuild lineage.db from the log into a fresh file"),
+    "agent": ("agents.cli", "cli", "run one specialist agent"),
+    "status": ("projections.status", "cli", "show a campaign: labels, incumbent, improvement, last trials"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Bad arguments: one line on stderr and exit status 2."""
+        sys.stderr.write(f"arx: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="arx", description="Auto research as a closed empirical loop over NATS JetStream.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    helps = {name: spec[2] for name, spec in COMMANDS.items()}
+
+    sub.add_parser("server", help=helps["server"])
+
+    campaign = sub.add_parser("campaign", help=helps["campaign"])
+    campaign_sub = campaign.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    start = campaign_sub.add_parser("start", help="publish CampaignStarted and queue the baseline trial")
+    start.add_argument("--task", default="digits-speedrun")
+    start.add_argument("--trials", type=_positive_int, default=30)
+    start.add_argument("--campaign", help="campaign id (default: <task>-<timestamp>)")
+    start.add_argument("--arm", default="lineage", choices=["lineage", "no-lineage", "generalist", "generic"])
+    start.add_argument("--noise", type=float, help="relative noise floor (default: the task's)")
+    running = campaign_sub.add_parser("running", help="print the id of the latest campaign still running")
+    running.add_argument("--task", help="only campaigns of this task")
+    stop = campaign_sub.add_parser("stop", help="publish CampaignStopped")
+    stop.add_argument("--campaign", required=True)
+    stop.add_argument("--reason", default="stopped by user")
+
+    task = sub.add_parser("task", help=helps["task"])
+    task.add_argument("name", nargs="?", help="a task name (omit to list them)")
+    task.add_argument("--surfaces", action="store_true", help="print only the surface names, one a line")
+
+    watch = sub.add_parser("watch", help=helps["watch"])
+    watch.add_argument("--campaign", help="campaign id (default: the latest)")
+
+    executor = sub.add_parser("executor", help=helps["executor"])
+    executor.add_argument("--name", help="executor name (default: executor-<host>-<pid>)")
+
+    evaluator = sub.add_parser("evaluator", help=helps["evaluator"])
+    evaluator.add_argument("--name", help="evaluator name (default: evaluator-<host>-<pid>)")
+
+    projector = sub.add_parser("projector", help=helps["projector"])
+    projector.add_argument("--db", help="lineage database (default: $ARX_HOME/lineage.db)")
+
+    replay = sub.add_parser("replay", help=helps["replay"])
+    replay.add_argument("--db", help="lineage database to replace (default: $ARX_HOME/lineage.db)")
+
+    agent = sub.add_parser("agent", help=helps["agent"])
+    agent.add_argument("--policy", default="tpe", choices=["tpe"])
+    agent.add_argument("--specialist", required=True, help="this agent's name, e.g. tpe-optimizer")
+    agent.add_argument("--surface", required=True, help="the task surface it may edit ('*' for all)")
+    agent.add_argument("--campaign", help="campaign to work on (default: the latest running one)")
+    agent.add_argument("--max-in-flight", type=_positive_int, default=1)
+    agent.add_argument("--seed", type=int, default=0)
+
+    status = sub.add_parser("status", help=helps["status"])
+    status.add_argument("--campaign")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--db", help="read this lineage database instead of the live log")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, function, _ = COMMANDS[args.command]
+    handler = getattr(importlib.import_module(module_name), function)
+    try:
+        return handler(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:
+        sys.stderr.write(f"arx {args.command}: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

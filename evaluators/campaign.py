@@ -1,0 +1,124 @@
+"""`arx campaign start|stop`: open a campaign with its baseline bundle, or close it by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+
+import msgspec
+
+from bus.connection import Bus
+from bus.events import CampaignStarted, CampaignStopped, TrialProposed, check_token
+from evaluators.spec import Task, load_task, task_names
+from projections.follow import catch_up
+from projections.lineage import Lineage
+
+BASELINE = "baseline"
+
+
+def baseline_params(task: Task) -> dict[str, float]:
+    """The starting recipe's knob values, so search policies know where the search began."""
+    from agents.edits import read_knob
+
+    return {
+        knob.name: read_knob((task.recipe_dir / knob.path).read_text(), knob.name)
+        for knob in task.spec.knobs
+    }
+
+
+async def start_campaign(
+    bus: Bus, task: Task, *, campaign_id: str, trials: int, arm: str = "lineage", noise: float | None = None
+) -> CampaignStarted:
+    """Publish CampaignStarted with the recipe bundle, then queue the baseline trial."""
+    check_token("campaign", campaign_id)
+    bundle = task.bundle()
+    ref = await bus.put_object(f"bundles/{hashlib.sha256(bundle).hexdigest()}.tar.gz", bundle)
+    started = CampaignStarted(
+        event_id=f"{campaign_id}-started",
+        campaign_id=campaign_id,
+        producer="arx-campaign",
+        task=task.name,
+        metric=task.spec.metric,
+        direction=task.spec.direction,
+        max_trials=trials,
+        bundle=ref,
+        arm=arm,
+        noise=task.spec.noise if noise is None else noise,
+        spec=msgspec.to_builtins(task.spec),
+    )
+    if not await bus.publish(started, first_writer=True):
+        raise ValueError(f"campaign {campaign_id} already exists; pick another --campaign")
+    await bus.publish(
+        TrialProposed(
+            event_id=f"{campaign_id}-{BASELINE}-proposed",
+            campaign_id=campaign_id,
+            producer="arx-campaign",
+            causation_id=started.event_id,
+            trial_id=BASELINE,
+            specialist=BASELINE,
+            surface=BASELINE,
+            parent_id=None,
+            hypothesis="The starting recipe, measured as the first incumbent.",
+            diff="",
+            params=baseline_params(task),
+            policy=BASELINE,
+        )
+    )
+    return started
+
+
+async def stop_campaign(bus: Bus, campaign_id: str, reason: str) -> bool:
+    return await bus.publish(
+        CampaignStopped(
+            event_id=f"{campaign_id}-stopped", campaign_id=campaign_id, producer="arx-campaign", reason=reason
+        ),
+        first_writer=True,  # a campaign stops once
+    )
+
+
+def default_campaign_id(task: str) -> str:
+    return f"{task}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+
+
+async def running_campaign(bus: Bus, task: str | None) -> str | None:
+    lineage = Lineage()
+    await catch_up(bus, lineage)
+    rows = lineage.query(
+        "SELECT campaign_id FROM campaigns WHERE stopped_at IS NULL AND (? IS NULL OR task = ?)"
+        " ORDER BY started_seq DESC LIMIT 1",
+        (task, task),
+    )
+    return rows[0]["campaign_id"] if rows else None
+
+
+async def _main(args) -> None:
+    async with await Bus.connect(name="arx-campaign") as bus:
+        if args.action == "running":
+            print(await running_campaign(bus, args.task) or "")
+        elif args.action == "start":
+            task = load_task(args.task)
+            campaign_id = args.campaign or default_campaign_id(task.name)
+            await start_campaign(bus, task, campaign_id=campaign_id, trials=args.trials, arm=args.arm, noise=args.noise)
+            print(campaign_id)
+        else:
+            check_token("campaign", args.campaign)
+            await stop_campaign(bus, args.campaign, args.reason)
+            print(f"stopped {args.campaign}")
+
+
+def cli(args) -> int:
+    asyncio.run(_main(args))
+    return 0
+
+
+def cli_task(args) -> int:
+    if args.name is None:
+        print("\n".join(task_names()))
+        return 0
+    spec = load_task(args.name).spec
+    if args.surfaces:
+        print("\n".join(surface.name for surface in spec.surfaces))
+    else:
+        print(msgspec.json.format(msgspec.json.encode(spec)).decode())
+    return 0
