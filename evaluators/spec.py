@@ -156,7 +156,8 @@ def load_spec(path: Path) -> TaskSpec:
 
 
 def task_names() -> list[str]:
-    return sorted(load_spec(f / "task.toml").name for f in TASKS_DIR.iterdir() if (f / "task.toml").exists())
+    folders = [f for tasks_dir in task_folders() if tasks_dir.is_dir() for f in tasks_dir.iterdir()]
+    return sorted({load_spec(f / "task.toml").name for f in folders if (f / "task.toml").exists()})
 
 
 def task_folders() -> list[Path]:

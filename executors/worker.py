@@ -1,0 +1,330 @@
+"""`arx executor`: take proposed trials from the shared queue, run them, report what was measured.
+
+Every executor process on every host pulls from one durable consumer, so adding processes adds
+throughput, and a trial whose executor dies is redelivered. The executor measures from outside and
+never scores: TrialFinished carries time, memory, exit status, the log and the artifact's reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import traceback
+from pathlib import Path
+
+import anyio
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+
+from bus.connection import Bus
+from bus.events import (
+    CampaignStarted,
+    CampaignStopped,
+    Evidence,
+    ObjectRef,
+    TrialAbandoned,
+    TrialFinished,
+    TrialProposed,
+    TrialRejected,
+    TrialStarted,
+    UnknownEvent,
+    check_token,
+    decode,
+)
+from evaluators.spec import Task, TaskSpec, load_task, pack_folder
+from executors.edits import ANY_PATH, EditProblem, InvalidEdit, check_edit
+from executors.sandbox import Limits, RunResult, run_command
+from executors.trees import CampaignRepo, materialize
+
+log = logging.getLogger("arx.executor")
+
+QUEUE = "executors"
+PROPOSALS = "arx.ev.*.trial.*.proposed"
+FETCH_TIMEOUT_S = 1.0  # also how long a set `stop` may wait to be noticed between trials
+ALL_PATHS = "*"
+BASELINE_SURFACE = "baseline"  # the campaign's first trial: the bundle as it is, no edit allowed
+
+
+def subject(campaign_id: str, aggregate: str, aggregate_id: str, verb: str) -> str:
+    return f"arx.ev.{campaign_id}.{aggregate}.{aggregate_id}.{verb}"
+
+
+def surface_paths(spec: TaskSpec, surface: str) -> list[str] | None:
+    """The paths a trial on this surface may edit (ANY_PATH for '*'); KeyError for an unknown one."""
+    if surface == ALL_PATHS:
+        return ANY_PATH
+    if surface == BASELINE_SURFACE:
+        return []
+    return spec.surface(surface).paths
+
+
+def log_tail(path: Path, chars: int) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 4 * chars))  # at most 4 bytes a character in UTF-8
+        return handle.read().decode("utf-8", "replace")[-chars:] if chars > 0 else ""
+
+
+@contextlib.contextmanager
+def host_lock(path: Path):
+    """Held by one process on this host at a time (fcntl: released even if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(msg, interval_s: float):
+    """Tell NATS the trial is still running, so it is not redelivered to another executor."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # a lost heartbeat costs at worst a redelivery
+                log.warning("heartbeat failed: %s", exc)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class Executor:
+    """Handles one delivered proposal at a time; campaigns' tasks and repos are cached."""
+
+    def __init__(self, bus: Bus, name: str):
+        self.bus = bus
+        self.name = name
+        self.settings = bus.settings
+        self.home = Path(self.settings.home)
+        self.skipped = 0  # undecodable or unknown messages, acked and counted
+        self._campaigns: dict[str, tuple[CampaignStarted, Task, CampaignRepo]] = {}
+
+    async def handle(self, msg) -> None:
+        """Run or settle one delivery, then ack it. Raises only when the bus itself fails (no ack)."""
+        try:
+            proposal = decode(msg.data)
+            if not isinstance(proposal, TrialProposed):
+                raise UnknownEvent(type(proposal).__name__)
+            check_token("campaign", proposal.campaign_id)
+            check_token("trial", proposal.trial_id)
+        except (msgspec.DecodeError, UnknownEvent, ValueError) as exc:
+            self.skipped += 1
+            log.warning("skipping message on %s: %s (%d skipped so far)", msg.subject, exc, self.skipped)
+            await msg.ack()
+            return
+        attempt = msg.metadata.num_delivered
+        try:
+            async with heartbeat(msg, self.settings.ack_wait_s / 3):
+                await self._handle(proposal, attempt)
+        except Exception as exc:
+            log.exception("trial %s of %s failed in the executor", proposal.trial_id, proposal.campaign_id)
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            await self._abandon(
+                proposal,
+                Evidence(
+                    stage="executor",
+                    message=f"{type(exc).__name__}: {exc}",
+                    frame=f"{frame.filename}:{frame.lineno} in {frame.name}" if frame else None,
+                ),
+            )
+        await msg.ack()
+
+    async def _handle(self, proposal: TrialProposed, attempt: int) -> None:
+        if await self._settled_without_running(proposal, attempt):
+            return
+        campaign_id, trial_id = proposal.campaign_id, proposal.trial_id
+        # Published before any work: orchestration latency is measured from proposed to started.
+        await self.bus.publish(
+            TrialStarted(
+                event_id=f"{campaign_id}-{trial_id}-started-{attempt}",
+                campaign_id=campaign_id,
+                producer=self.name,
+                causation_id=proposal.event_id,
+                trial_id=trial_id,
+                executor=self.name,
+                attempt=attempt,
+            )
+        )
+        started, task, repo = await self._campaign(campaign_id)
+        try:
+            problems = check_edit(proposal.diff, surface_paths(task.spec, proposal.surface), task.spec.frozen)
+        except KeyError as exc:
+            problems = [EditProblem(exc.args[0])]
+        if not problems:
+            try:
+                commit = await materialize(self.bus, repo, proposal, started)
+            except InvalidEdit as exc:
+                problems = [EditProblem(exc.reason, exc.path)]
+        if problems:
+            await self._reject(proposal, problems)
+            return
+        await self._run(proposal, attempt, task, repo, commit)
+
+    async def _settled_without_running(self, proposal: TrialProposed, attempt: int) -> bool:
+        """Redeliveries of a trial that already ran, trials of stopped campaigns, and exhausted retries."""
+        campaign_id, trial_id = proposal.campaign_id, proposal.trial_id
+        for verb in ("outcome", "finished"):
+            if await self.bus.last_event(subject(campaign_id, "trial", trial_id, verb)) is not None:
+                log.info("trial %s of %s already %s: redelivery skipped", trial_id, campaign_id, verb)
+                return True
+        stopped = await self.bus.last_event(subject(campaign_id, "campaign", campaign_id, "stopped"))
+        if isinstance(stopped, CampaignStopped):
+            message = f"campaign_stopped: campaign {campaign_id} was stopped ({stopped.reason}) before this trial ran"
+            await self._abandon(proposal, Evidence(stage="campaign_stopped", message=message))
+            return True
+        if attempt > self.settings.max_attempts:  # this delivery only records that the others failed
+            message = (
+                f"gave up after {attempt - 1} attempts: no executor finished this trial "
+                f"(max_attempts {self.settings.max_attempts})"
+            )
+            evidence = Evidence(stage="queue", measured=attempt - 1, limit=self.settings.max_attempts, message=message)
+            await self._abandon(proposal, evidence)
+            return True
+        return False
+
+    async def _campaign(self, campaign_id: str) -> tuple[CampaignStarted, Task, CampaignRepo]:
+        if campaign_id not in self._campaigns:
+            started = await self.bus.last_event(subject(campaign_id, "campaign", campaign_id, "started"))
+            if not isinstance(started, CampaignStarted):
+                raise RuntimeError(f"campaign {campaign_id} has no CampaignStarted event")
+            task = load_task(started.task)
+            repo = await asyncio.to_thread(CampaignRepo.for_campaign, self.home, campaign_id)
+            self._campaigns[campaign_id] = (started, task, repo)
+        return self._campaigns[campaign_id]
+
+    async def _run(self, proposal: TrialProposed, attempt: int, task: Task, repo: CampaignRepo, commit: str) -> None:
+        campaign_id, trial_id = proposal.campaign_id, proposal.trial_id
+        run_dir = self.home / "runs" / campaign_id / f"{trial_id}-{attempt}"
+        log_path = run_dir.with_name(f"{run_dir.name}.log")
+        budgets = task.spec.budgets
+        limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb)
+        shutil.rmtree(run_dir, ignore_errors=True)  # left by a crashed executor with the same attempt
+        try:
+            await asyncio.to_thread(repo.export, commit, run_dir)
+            await asyncio.to_thread(task.module().prepare, run_dir)
+            result = await asyncio.to_thread(self._run_command, task.spec, run_dir, limits, log_path)
+            log_ref = await self.bus.put_object(f"logs/{campaign_id}/{trial_id}-{attempt}.log", log_path.read_bytes())
+            artifact_dir = run_dir / "artifact"
+            artifact_ref = None
+            if artifact_dir.is_dir() and not artifact_dir.is_symlink():
+                packed = await asyncio.to_thread(pack_folder, artifact_dir)
+                artifact_ref = await self.bus.put_object(f"artifacts/{campaign_id}/{trial_id}-{attempt}.tar.gz", packed)
+            await self.bus.publish(
+                self._finished(proposal, attempt, commit, result, limits, log_ref=log_ref, artifact_ref=artifact_ref)
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+
+    def _run_command(self, spec: TaskSpec, run_dir: Path, limits: Limits, log_path: Path) -> RunResult:
+        # Timed trials on one host must not overlap, or each one's wall time measures the other.
+        cores = host_lock(self.home / "locks" / "cores.lock") if spec.exclusive_cores > 0 else contextlib.nullcontext()
+        with cores:
+            return run_command(spec.command, run_dir, limits, log_path=log_path)
+
+    def _finished(
+        self, proposal: TrialProposed, attempt: int, commit: str, result: RunResult, limits: Limits, *,
+        log_ref: ObjectRef, artifact_ref: ObjectRef | None,
+    ) -> TrialFinished:
+        return TrialFinished(
+            event_id=f"{proposal.campaign_id}-{proposal.trial_id}-finished-{attempt}",
+            campaign_id=proposal.campaign_id,
+            producer=self.name,
+            causation_id=proposal.event_id,
+            trial_id=proposal.trial_id,
+            executor=self.name,
+            attempt=attempt,
+            commit=commit,
+            exit_code=result.exit_code,
+            signal=result.signal,
+            timed_out=result.timed_out,
+            wall_s=result.wall_s,
+            cpu_s=result.cpu_s,
+            peak_rss_mb=result.peak_rss_mb,
+            limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb},
+            log_tail=log_tail(result.log, self.settings.log_tail_chars),
+            log=log_ref,
+            artifact=artifact_ref,
+        )
+
+    async def _reject(self, proposal: TrialProposed, problems: list[EditProblem]) -> None:
+        message = "; ".join(str(problem) for problem in problems)
+        await self._outcome(TrialRejected, proposal, Evidence(stage="apply", message=message), label="invalid_edit")
+
+    async def _abandon(self, proposal: TrialProposed, evidence: Evidence) -> None:
+        await self._outcome(TrialAbandoned, proposal, evidence, label="harness_abort")
+
+    async def _outcome(self, kind, proposal: TrialProposed, evidence: Evidence, *, label: str) -> None:
+        """The trial's one outcome; if another writer was first, theirs stands."""
+        outcome = kind(
+            event_id=f"{proposal.campaign_id}-{proposal.trial_id}-{kind.__name__.lower()}",
+            campaign_id=proposal.campaign_id,
+            producer=self.name,
+            causation_id=proposal.event_id,
+            trial_id=proposal.trial_id,
+            label=label,
+            evidence=evidence,
+        )
+        if await self.bus.publish(outcome, first_writer=True):
+            log.info("trial %s of %s: %s (%s)", proposal.trial_id, proposal.campaign_id, label, evidence.message)
+        else:
+            log.info("trial %s of %s already had an outcome", proposal.trial_id, proposal.campaign_id)
+
+
+async def run_executor(bus: Bus, *, name: str, stop: anyio.Event | None = None) -> None:
+    """Run trials from the shared queue until `stop` is set (a running trial finishes first)."""
+    executor = Executor(bus, name)
+    sub = await bus.durable(QUEUE, PROPOSALS)
+    log.info("executor %s waiting for trials", name)
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+            except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either on an empty fetch
+                continue
+            except Exception as exc:  # disconnected: nats-py reconnects on its own
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(FETCH_TIMEOUT_S)
+                continue
+            for msg in msgs:
+                try:
+                    await executor.handle(msg)
+                except Exception:  # the bus failed: leave the message unacked for redelivery
+                    log.exception("could not settle message on %s; NATS will redeliver it", msg.subject)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def default_name() -> str:
+    return f"executor-{socket.gethostname()}-{os.getpid()}"
+
+
+async def _serve(name: str) -> None:
+    stop = anyio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with await Bus.connect(name=name) as bus:
+        await run_executor(bus, name=name, stop=stop)
+
+
+def cli(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(_serve(args.name or default_name()))
+    return 0

@@ -1,0 +1,112 @@
+"""The sandbox against real child processes: exit codes, timeouts, limits and the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from executors.sandbox import Limits, run_command
+
+LIMITS = Limits(wall_s=20, memory_mb=1024, file_mb=1)
+
+
+def run_python(tmp_path: Path, code: str, limits: Limits = LIMITS, **kwargs):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "recipe.py").write_text(code)
+    return run_command(["{python}", "recipe.py"], run_dir, limits, log_path=tmp_path / "run.log", **kwargs)
+
+
+def gone(pid: int) -> bool:
+    """Dead, or a zombie waiting for whichever init adopted it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_exit_code_and_log_of_a_crash(tmp_path):
+    result = run_python(tmp_path, "print('step 1')\nraise SystemExit(3)\n")
+    assert (result.exit_code, result.signal, result.timed_out) == (3, None, False)
+    assert result.log.read_text() == "step 1\n"
+    assert result.wall_s > 0 and result.peak_rss_mb > 1
+
+    result = run_python(tmp_path, "def deep():\n    1 / 0\ndeep()\n")
+    assert result.exit_code == 1
+    assert "ZeroDivisionError" in result.log.read_text()
+
+
+def test_cpu_time_is_the_childs(tmp_path):
+    busy = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end:\n    pass\n"
+    result = run_python(tmp_path, busy)
+    assert result.exit_code == 0
+    assert 0.4 < result.cpu_s < result.wall_s + 0.1
+
+
+def test_a_hang_is_killed_at_the_timeout_with_everything_it_started(tmp_path):
+    # The grandchild ignores SIGTERM, so only the SIGKILL after the grace period ends it.
+    code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+        "open('child.pid', 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    begin = time.monotonic()
+    result = run_python(tmp_path, code, Limits(wall_s=1.5, memory_mb=1024, file_mb=1), grace_s=0.5)
+    assert time.monotonic() - begin < 10
+    assert result.timed_out
+    assert result.signal == signal.SIGTERM and result.exit_code is None
+    assert 1.5 <= result.wall_s < 5
+    assert "started" in result.log.read_text()
+    child = int((tmp_path / "run" / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(child), f"grandchild {child} survived the timeout"
+
+
+def test_memory_limit(tmp_path):
+    result = run_python(tmp_path, "block = bytearray(3 * 1024**3)\nprint('allocated')\n")
+    assert result.exit_code != 0
+    assert "MemoryError" in result.log.read_text()
+    assert "allocated" not in result.log.read_text()
+
+
+def test_file_size_limit(tmp_path):
+    code = "with open('big.bin', 'wb') as f:\n    f.write(b'x' * (3 * 1024 * 1024))\n"
+    result = run_python(tmp_path, code)
+    # Python ignores SIGXFSZ and raises OSError(EFBIG); another program would die of the signal.
+    assert result.signal == signal.SIGXFSZ or (result.exit_code == 1 and "File too large" in result.log.read_text())
+    assert (tmp_path / "run" / "big.bin").stat().st_size <= 1024 * 1024
+
+
+def test_environment_is_scrubbed(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    monkeypatch.setenv("NATS_URL", "nats://10.0.0.1:4222")
+    monkeypatch.setenv("ARX_HOME", "/secret/home")
+    result = run_python(tmp_path, "import json, os\njson.dump(dict(os.environ), open('env.json', 'w'))\n")
+    assert result.exit_code == 0
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    run_dir = str((tmp_path / "run").resolve())
+    assert "OPENAI_API_KEY" not in env and "NATS_URL" not in env and "ARX_HOME" not in env
+    assert env["HOME"] == run_dir
+    assert env["ARX_ARTIFACT_DIR"] == os.path.join(run_dir, "artifact")
+    assert (env["PYTHONHASHSEED"], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("0", "1", "1")
+    assert env["PATH"] == os.environ["PATH"]
+
+
+def test_stdin_is_empty(tmp_path):
+    result = run_python(tmp_path, "import sys\nprint(repr(sys.stdin.read()))\n")
+    assert result.log.read_text() == "''\n"
+
+
+def test_a_command_that_cannot_start_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        run_command(["{python}-does-not-exist"], tmp_path, LIMITS, log_path=tmp_path / "log")
