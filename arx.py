@@ -18,6 +18,10 @@ COMMANDS = {
     "replay": ("projections.projector", "cli_replay", "rebuild lineage.db from the log into a fresh file"),
     "agent": ("agents.cli", "cli", "run one specialist agent"),
     "status": ("projections.status", "cli", "show a campaign: labels, incumbent, improvement, last trials"),
+    "export": ("bus.eventfile", "cli_export", "write a campaign's events to a file, one JSON event a line"),
+    "import": ("bus.eventfile", "cli_import", "publish an event file's events, skipping those already stored"),
+    "import-tsv": ("projections.seedruns", "cli", "turn a seed-release results.tsv into a campaign's events"),
+    "audit": ("projections.audit", "cli", "audit campaigns from the lineage: labels, keep chain, repairs, domains"),
 }
 
 
@@ -80,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--campaign")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--db", help="read this lineage database instead of the live log")
+
+    export = sub.add_parser("export", help=helps["export"])
+    export.add_argument("--campaign", required=True)
+    export.add_argument("file", help="the event file to write")
+
+    import_ = sub.add_parser("import", help=helps["import"])
+    import_.add_argument("file", help="an event file written by `arx export` or `arx import-tsv --to-file`")
+
+    import_tsv = sub.add_parser("import-tsv", help=helps["import-tsv"])
+    import_tsv.add_argument("tsv", help="a results.tsv of the seed release")
+    import_tsv.add_argument("--campaign", required=True, help="the campaign id to import it as")
+    import_tsv.add_argument("--to-file", help="write the events to this event file instead of publishing them")
+
+    audit = sub.add_parser("audit", help=helps["audit"])
+    audit.add_argument("--db", help="read this lineage database instead of the live log")
+    audit.add_argument("--campaign", help="only this campaign (default: all)")
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
+    audit.add_argument("--html", metavar="DIR", help="also write DIR/index.html with plots")
     return parser
 
 

@@ -1,0 +1,200 @@
+"""Event files: events as JSON lines, one per line, each line the exact bytes stored in the stream.
+
+`arx export` writes a campaign's events in stream order; `arx import` publishes a file's events to a
+bus, idempotently; `iter_file` hands a file to a replay as if it were the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from bus.connection import Bus, StoredMessage
+from bus.events import (
+    OUTCOME_TYPES,
+    UPCASTERS,
+    CampaignStarted,
+    CampaignStopped,
+    Event,
+    NewerSchema,
+    UnknownEvent,
+    check_token,
+    decode,
+)
+
+# Subjects that hold one event ever, published with first_writer exactly as their producers do.
+FIRST_WRITER_TYPES = (*OUTCOME_TYPES, CampaignStarted, CampaignStopped)
+
+
+def campaign_subject(campaign_id: str) -> str:
+    return f"arx.ev.{check_token('campaign', campaign_id)}.>"
+
+
+class ImportReport(msgspec.Struct, kw_only=True):
+    """What an import did with each non-blank line; every line lands in exactly one count but upcast."""
+
+    lines: int = 0
+    published: int = 0
+    already_present: int = 0  # its event id is already in the stream (an import run twice)
+    duplicate: int = 0  # its event id appeared earlier in the same file
+    conflict: int = 0  # a one-event subject holds another event, or its campaign's start conflicted
+    corrupt: int = 0  # truncated, not JSON, wrong field types, or ids that cannot be subject tokens
+    unknown_type: int = 0
+    newer_schema: int = 0
+    upcast: int = 0  # of the published: an older schema, stored as recorded and upcast when read
+
+    def describe(self) -> str:
+        counts = msgspec.structs.asdict(self)
+        lines = counts.pop("lines")
+        return f"{lines} lines: " + ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items())
+
+
+def read_lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line; a truncated last line comes as it is."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            data = line.rstrip(b"\r\n")
+            if data.strip():
+                yield number, data
+
+
+def check_line(data: bytes) -> Event | str:
+    """The event on one line, or the ImportReport count it falls in when it cannot be used."""
+    try:
+        event = decode(data)
+    except NewerSchema:
+        return "newer_schema"
+    except UnknownEvent:
+        return "unknown_type"
+    except msgspec.DecodeError:
+        return "corrupt"
+    try:
+        check_token("campaign", event.campaign_id)
+        check_token(event.aggregate, event.aggregate_id)
+    except ValueError:
+        return "corrupt"
+    return event if event.event_id else "corrupt"
+
+
+def iter_file(path: Path | str) -> Iterator[StoredMessage]:
+    """The file as stream messages, seq = line number; a line that is no usable event keeps subject ''
+    and is passed on, so the reader's fold skips and counts it as it would from the stream."""
+    for number, data in read_lines(path):
+        event = check_line(data)
+        yield StoredMessage(number, event.subject if isinstance(event, Event) else "", data)
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+async def export_campaign(bus: Bus, campaign_id: str, path: Path | str) -> int:
+    """Write every event of the campaign, in stream order, to path (atomically); returns how many."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    count = 0
+    with open(partial, "wb") as out:
+        async for batch in bus.read(subject=campaign_subject(campaign_id)):
+            for msg in batch:
+                out.write(msg.data + b"\n")
+                count += 1
+    if count == 0:
+        partial.unlink()
+        raise ValueError(f"campaign {campaign_id!r} has no events in stream {bus.settings.stream}")
+    os.replace(partial, path)
+    return count
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+class _Head(msgspec.Struct):
+    event_id: str = ""
+    type: str = ""
+    schema: int = 1
+
+
+_head = msgspec.json.Decoder(_Head)
+
+
+async def stored_event_ids(bus: Bus, campaign_id: str) -> set[str]:
+    """Every event id the stream holds for a campaign: the duplicate window is only an hour long."""
+    ids = set()
+    async for batch in bus.read(subject=campaign_subject(campaign_id)):
+        for msg in batch:
+            try:
+                ids.add(_head.decode(msg.data).event_id)
+            except msgspec.DecodeError:
+                continue  # not ours to judge here; it cannot match a usable line anyway
+    return ids
+
+
+async def import_lines(bus: Bus, lines: Iterable[tuple[int, bytes]]) -> ImportReport:
+    """Publish each usable line as recorded, with its event id as Nats-Msg-Id; count the rest.
+
+    A campaign whose CampaignStarted conflicts with a different one already stored is another
+    campaign under the same name: the rest of its events are refused, not merged into it.
+    """
+    report = ImportReport()
+    seen: set[str] = set()
+    stored: dict[str, set[str]] = {}
+    refused: set[str] = set()
+    for _, data in lines:
+        report.lines += 1
+        event = check_line(data)
+        if isinstance(event, str):
+            setattr(report, event, getattr(report, event) + 1)
+            continue
+        if event.event_id in seen:
+            report.duplicate += 1
+            continue
+        seen.add(event.event_id)
+        campaign = event.campaign_id
+        if campaign not in stored:
+            stored[campaign] = await stored_event_ids(bus, campaign)
+        if event.event_id in stored[campaign]:
+            report.already_present += 1
+            continue
+        if campaign in refused:
+            report.conflict += 1
+            continue
+        first_writer = isinstance(event, FIRST_WRITER_TYPES)
+        if await bus.publish_bytes(event.subject, data, event.event_id, first_writer=first_writer):
+            report.published += 1
+            recorded = _head.decode(data)  # decode() upcast the event; the stored bytes keep their schema
+            report.upcast += (recorded.type, recorded.schema) in UPCASTERS
+        else:
+            report.conflict += 1
+            if isinstance(event, CampaignStarted):
+                refused.add(campaign)
+    return report
+
+
+async def import_file(bus: Bus, path: Path | str) -> ImportReport:
+    return await import_lines(bus, read_lines(path))
+
+
+# -- cli ------------------------------------------------------------------------------------------
+
+
+def cli_export(args) -> int:
+    async def run() -> int:
+        async with await Bus.connect(name="arx-export") as bus:
+            return await export_campaign(bus, args.campaign, args.file)
+
+    count = asyncio.run(run())
+    print(f"exported {count} events of {args.campaign} to {args.file}")
+    return 0
+
+
+def cli_import(args) -> int:
+    async def run() -> ImportReport:
+        async with await Bus.connect(name="arx-import") as bus:
+            return await import_file(bus, args.file)
+
+    report = asyncio.run(run())
+    print(f"imported {args.file}: {report.describe()}")
+    return 0

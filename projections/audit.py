@@ -1,0 +1,359 @@
+"""`arx audit`: what a finished (or running) campaign did, from the lineage database alone.
+
+A pure function of the lineage: everything is sorted or in log order, nothing reads the clock, so
+replaying the same log twice gives byte-identical output.
+
+Definitions:
+- trials: proposed trials other than the baseline (the campaign's root trial, which measures the
+  starting recipe); labels count their outcomes, in_flight those without one yet.
+- keep chain: the parent links from the best trial back to the baseline, each step with its score
+  change over the step before.
+- failure-to-repair chain: a trial F labelled with a failure label (bus.events.FAILURE_LABELS) and
+  its repair R, the first trial in proposal order that passed (keep, discard or within_noise: it was
+  measured inside every gate) and either descends from F (F is on R's parent chain) or is a later
+  trial of F's specialist whose hypothesis names F's trial id as a word. The path runs from F to R
+  through the parent links (for a repair by name: F then R).
+- domain audit: each trial's edit checked against the paths of the surface its specialist joined on
+  and the task's frozen paths (the campaign spec's `surfaces` and `frozen`), with the trial's own
+  surface compared to the declared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+
+from agents.base import ALL_PATHS
+from bus.connection import Bus
+from bus.events import FAILURE_LABELS
+from executors.edits import ANY_PATH, check_edit
+from projections import views
+from projections.follow import catch_up
+from projections.lineage import Lineage
+
+PASSING = frozenset({"keep", "discard", "within_noise"})
+_WORD = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class Trial(msgspec.Struct, frozen=True):
+    trial_id: str
+    specialist: str
+    surface: str
+    parent_id: str | None
+    hypothesis: str
+    diff: str
+    label: str | None
+    score: float | None
+    proposed_seq: int
+    outcome_seq: int | None
+
+
+def load_trials(lineage: Lineage, campaign_id: str) -> list[Trial]:
+    """Every trial of the campaign in proposal order."""
+    rows = lineage.db.execute(
+        "SELECT trial_id, specialist, surface, parent_id, hypothesis, diff, label, score, proposed_seq,"
+        " outcome_seq FROM trials WHERE campaign_id = ? ORDER BY proposed_seq, trial_id",
+        (campaign_id,),
+    ).fetchall()
+    return [Trial(*row) for row in rows]
+
+
+def audit(lineage: Lineage, campaign_id: str | None = None) -> dict:
+    """{"campaigns": {name: audit}} for one campaign or all of them, in name order."""
+    if campaign_id is not None:
+        if views.campaign(lineage, campaign_id) is None:
+            raise ValueError(f"no campaign {campaign_id!r} in the lineage")
+        names = [campaign_id]
+    else:
+        names = [row["campaign_id"] for row in lineage.query("SELECT campaign_id FROM campaigns ORDER BY campaign_id")]
+    return {"campaigns": {name: audit_campaign(lineage, name) for name in names}}
+
+
+def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
+    camp = views.campaign(lineage, campaign_id)
+    trials = load_trials(lineage, campaign_id)
+    root = next((t for t in trials if t.parent_id is None), None)
+    counted = [t for t in trials if t is not root]
+    declared = {
+        row["specialist"]: row["surface"]
+        for row in lineage.query("SELECT specialist, surface FROM specialists WHERE campaign_id = ?", (campaign_id,))
+    }
+    best = views.incumbent(lineage, campaign_id, camp["direction"])
+    baseline_score = root.score if root else None
+    chain, broken_at = keep_chain({t.trial_id: t for t in trials}, best.trial_id) if best else ([], None)
+    return {
+        "task": camp["task"],
+        "metric": camp["metric"],
+        "direction": camp["direction"],
+        "arm": camp["arm"],
+        "stopped": camp["stopped_at"] is not None,
+        "trials": len(counted),
+        "in_flight": sum(t.label is None for t in counted),
+        "labels": _counts(t.label for t in counted if t.label),
+        "baseline_trial": root.trial_id if root else None,
+        "baseline_score": baseline_score,
+        "best_trial": best.trial_id if best else None,
+        "best_score": best.score if best else None,
+        "improvement_pct": views.improvement_pct(baseline_score, best.score if best else None),
+        "specialists": per_specialist(counted, declared),
+        "keep_chain": chain,
+        "keep_chain_broken_at": broken_at,
+        "failure_repairs": failure_repairs(trials),
+        "domain": domain_audit(camp["spec"], trials, declared),
+    }
+
+
+def _counts(values: Iterable[str]) -> dict[str, int]:
+    return dict(sorted(Counter(values).items()))
+
+
+def _delta(score: float | None, before: float | None) -> float | None:
+    # Rounded so that 1.080423 - 1.081 prints as -0.000577, not as its binary neighbour.
+    return round(score - before, 9) if score is not None and before is not None else None
+
+
+def per_specialist(trials: list[Trial], declared: dict[str, str]) -> dict[str, dict]:
+    grouped: dict[str, list[Trial]] = defaultdict(list)
+    for trial in trials:
+        grouped[trial.specialist].append(trial)
+    return {
+        name: {
+            "surface": declared.get(name, group[0].surface),
+            "trials": len(group),
+            "labels": _counts(t.label for t in group if t.label),
+        }
+        for name, group in sorted(grouped.items())
+    }
+
+
+def keep_chain(by_id: dict[str, Trial], best_id: str) -> tuple[list[dict], str | None]:
+    """The steps from the root to the best trial, and the parent the walk could not reach (None when
+    it reached a root: a parent missing from the campaign or a loop would otherwise hide)."""
+    path: list[Trial] = []
+    seen: set[str] = set()
+    current: str | None = best_id
+    while current is not None and current in by_id and current not in seen:
+        seen.add(current)
+        path.append(by_id[current])
+        current = by_id[current].parent_id
+    path.reverse()
+    steps = []
+    before = None
+    for trial in path:
+        steps.append({
+            "trial": trial.trial_id,
+            "specialist": trial.specialist,
+            "label": trial.label,
+            "score": trial.score,
+            "delta": _delta(trial.score, before),
+            "hypothesis": trial.hypothesis,
+        })
+        before = trial.score
+    return steps, current
+
+
+def failure_repairs(trials: list[Trial]) -> dict:
+    """Failures and their repairs, as defined in the module docstring, in proposal order."""
+    ids = {t.trial_id for t in trials}
+    by_id = {t.trial_id: t for t in trials}
+    children: dict[str, list[Trial]] = defaultdict(list)
+    named_by: dict[str, list[Trial]] = defaultdict(list)
+    for trial in trials:
+        if trial.parent_id is not None:
+            children[trial.parent_id].append(trial)
+        for name in sorted(set(_WORD.findall(trial.hypothesis or "")) & ids - {trial.trial_id}):
+            named_by[name].append(trial)
+    failures = [t for t in trials if t.label in FAILURE_LABELS]
+    chains = []
+    for failed in failures:
+        repair, via = _first_passing_descendant(failed, children), "descendant"
+        named = next(
+            (t for t in named_by[failed.trial_id]
+             if t.specialist == failed.specialist and t.proposed_seq > failed.proposed_seq and t.label in PASSING),
+            None,
+        )
+        if named is not None and (repair is None or named.proposed_seq < repair.proposed_seq):
+            repair, via = named, "named"
+        if repair is None:
+            continue
+        chains.append({
+            "failed": failed.trial_id,
+            "failed_label": failed.label,
+            "specialist": failed.specialist,
+            "repair": repair.trial_id,
+            "repair_label": repair.label,
+            "repair_specialist": repair.specialist,
+            "via": via,
+            "path": (_path(by_id, failed.trial_id, repair) if via == "descendant"
+                     else [failed.trial_id, repair.trial_id]),
+        })
+    repaired = Counter(chain["failed_label"] for chain in chains)
+    return {
+        "failures": len(failures),
+        "repaired": len(chains),
+        "by_label": {
+            label: {"failures": n, "repaired": repaired[label]}
+            for label, n in _counts(t.label for t in failures).items()
+        },
+        "chains": chains,
+    }
+
+
+def _first_passing_descendant(failed: Trial, children: dict[str, list[Trial]]) -> Trial | None:
+    best = None
+    stack = list(children[failed.trial_id])
+    seen = {failed.trial_id}
+    while stack:
+        trial = stack.pop()
+        if trial.trial_id in seen:
+            continue
+        seen.add(trial.trial_id)
+        if trial.label in PASSING and (best is None or trial.proposed_seq < best.proposed_seq):
+            best = trial
+        stack.extend(children[trial.trial_id])
+    return best
+
+
+def _path(by_id: dict[str, Trial], ancestor: str, trial: Trial) -> list[str]:
+    path = [trial.trial_id]
+    while path[-1] != ancestor:
+        path.append(by_id[path[-1]].parent_id)
+    return path[::-1]
+
+
+def domain_audit(spec: dict, trials: list[Trial], declared: dict[str, str]) -> dict:
+    """The edits that strayed from their specialist's declared surface (or touched frozen paths)."""
+    edited = [t for t in trials if t.diff and t.diff.strip()]
+    if not edited:
+        return {"checked": 0, "strayed": [], "note": "no diffs recorded"}
+    surfaces = {surface["name"]: surface["paths"] for surface in spec.get("surfaces", [])}
+    frozen = spec.get("frozen", [])
+    strayed = []
+    for trial in edited:
+        surface = declared.get(trial.specialist, trial.surface)
+        problems = []
+        if trial.surface != surface:
+            problems.append(f"proposed on surface {trial.surface!r}, but {trial.specialist} joined on {surface!r}")
+        paths = ANY_PATH
+        if surface != ALL_PATHS:
+            if surface in surfaces:
+                paths = surfaces[surface]
+            else:
+                problems.append(f"surface {surface!r} is not one of the task's {sorted(surfaces)}")
+        problems.extend(str(problem) for problem in check_edit(trial.diff, paths, frozen))
+        if problems:
+            strayed.append({
+                "trial": trial.trial_id,
+                "specialist": trial.specialist,
+                "surface": surface,
+                "label": trial.label,
+                "problems": problems,
+            })
+    return {"checked": len(edited), "strayed": strayed, "note": ""}
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def render_json(report: dict) -> str:
+    return json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else format(value, ".10g")
+
+
+def _short(text: str | None, width: int = 90) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render_text(report: dict) -> str:
+    if not report["campaigns"]:
+        return "no campaigns in the lineage\n"
+    return "\n".join(_campaign_text(name, audit) for name, audit in report["campaigns"].items())
+
+
+def _campaign_text(name: str, a: dict) -> str:
+    change = a["improvement_pct"]
+    lines = [
+        f"campaign {name}: task {a['task']}, {a['metric']} ({a['direction']}), arm {a['arm']},"
+        f" {'stopped' if a['stopped'] else 'running'}",
+        f"  trials {a['trials']} (in flight {a['in_flight']})",
+        f"  baseline {_num(a['baseline_score'])} ({a['baseline_trial'] or '-'}), best {_num(a['best_score'])}"
+        f" ({a['best_trial'] or '-'}), improvement {'-' if change is None else f'{change:+.3f}%'}",
+        "  labels: " + (", ".join(f"{label} {n}" for label, n in a["labels"].items()) or "none"),
+        "  per specialist:",
+    ]
+    for specialist, s in a["specialists"].items():
+        counts = ", ".join(f"{label} {n}" for label, n in s["labels"].items())
+        lines.append(f"    {specialist} [{s['surface']}]: {s['trials']} trials; {counts}")
+    lines.append(f"  keep chain ({len(a['keep_chain'])} steps):")
+    if a["keep_chain_broken_at"] is not None:
+        lines.append(f"    (stops at {a['keep_chain_broken_at']}: a parent missing from the campaign or a loop)")
+    for step in a["keep_chain"]:
+        lines.append(
+            f"    {step['trial']} {step['specialist']} {step['label']} {_num(step['score'])}"
+            f" ({_num(step['delta'])}): {_short(step['hypothesis'])}"
+        )
+    repairs = a["failure_repairs"]
+    lines.append(f"  failure-to-repair: {repairs['repaired']} of {repairs['failures']} failures repaired")
+    for label, n in repairs["by_label"].items():
+        lines.append(f"    {label}: {n['repaired']} of {n['failures']}")
+    for chain in repairs["chains"]:
+        lines.append(
+            f"    {chain['failed']} {chain['failed_label']} -> {chain['repair']} {chain['repair_label']}"
+            f" ({chain['via']}: {' > '.join(chain['path'])})"
+        )
+    domain = a["domain"]
+    if domain["note"]:
+        lines.append(f"  domain audit: {domain['note']}")
+    else:
+        lines.append(f"  domain audit: {len(domain['strayed'])} of {domain['checked']} edits strayed")
+        for stray in domain["strayed"]:
+            problems = "; ".join(stray["problems"])
+            lines.append(f"    {stray['trial']} {stray['specialist']} [{stray['surface']}]: {problems}")
+    return "\n".join(lines) + "\n"
+
+
+# -- cli ------------------------------------------------------------------------------------------
+
+
+async def _caught_up() -> Lineage:
+    lineage = Lineage()
+    async with await Bus.connect(name="arx-audit") as bus:
+        await catch_up(bus, lineage)
+    return lineage
+
+
+def open_lineage(db: str | None) -> Lineage:
+    """The lineage database at db, read-only; without db, the live log folded in memory."""
+    if db is None:
+        return asyncio.run(_caught_up())
+    if not Path(db).is_file():
+        raise ValueError(f"{db}: no such lineage database")
+    lineage = Lineage(db, readonly=True)
+    try:
+        lineage.db.execute("SELECT 1 FROM campaigns, trials, specialists LIMIT 1")
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{db}: not a lineage database ({exc})") from None
+    return lineage
+
+
+def cli(args) -> int:
+    lineage = open_lineage(args.db)
+    report = audit(lineage, args.campaign)
+    print(render_json(report) if args.json else render_text(report), end="")
+    if args.html:
+        from projections.report import write_html  # matplotlib only when a report is asked for
+
+        print(f"wrote {write_html(lineage, report, Path(args.html))}", file=sys.stderr)
+    return 0

@@ -1,0 +1,339 @@
+"""`arx import-tsv`: a seed-release results.tsv (one row per trial) as arx events.
+
+Per campaign: CampaignStarted (task, score field and direction read from the header; no recipe bundle
+and no diffs were released), one SpecialistJoined per specialist, and CampaignStopped at the end, so
+no agent mistakes an imported campaign for a running one. Per row: one TrialProposed (specialist,
+parent_exp, hypothesis, expected_delta, domain as surface, an empty diff) and exactly one TrialScored
+(status as label, the score, timings as metrics, notes as evidence, baseline_exp as incumbent). The
+baseline row is the root trial, labelled keep.
+
+A row whose outcome cannot be trusted (too few or too many columns, an empty or unknown status, a
+score that is not a number, a bad or repeated exp_id, a bad parent or specialist) is kept as a trial
+labelled `unparsed`, whose evidence message names every reason and carries all the row's fields: no
+row is ever lost. A bad descriptive field (expected_delta, a timing, the timestamp, baseline_exp) is
+left empty and named in the evidence; the row keeps its label.
+
+Event ids and times come from the campaign name and the rows, so importing twice adds nothing and
+two imports give byte-identical files. Not carried: job_name and snapshot_path, which point into
+the release's own storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import hashlib
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from bus.connection import Bus
+from bus.eventfile import ImportReport, import_lines
+from bus.events import (
+    LABELS,
+    CampaignStarted,
+    CampaignStopped,
+    Event,
+    Evidence,
+    ObjectRef,
+    SpecialistJoined,
+    TrialProposed,
+    TrialScored,
+    check_token,
+    encode,
+)
+
+# The score column -> (task, direction), in the order they are looked for: the val_bpb and
+# core_metric layouts also have a train_s timing column.
+SCORE_FIELDS = {
+    "val_bpb": ("parameter-golf", "min"),
+    "core_metric": ("nanochat", "max"),
+    "train_s": ("cifar10-airbench96", "min"),
+}
+REQUIRED = ("exp_id", "timestamp", "specialist", "parent_exp", "domain", "hypothesis", "expected_delta", "status")
+METRICS = ("delta_vs_best", "artifact_bytes", "train_s", "eval_s", "total_s", "accuracy")
+BASELINE = "baseline"
+UNPARSED = "unparsed"
+PRODUCER = "arx-import-tsv"
+POLICY = "seed-release"
+SCORED_STATUSES = ("keep", "discard", "within_noise", BASELINE)
+NO_BUNDLE = ObjectRef(name="not-recorded", size=0, sha256=hashlib.sha256(b"").hexdigest())
+EPOCH = "1970-01-01T00:00:00.000000Z"
+# The deepest frame the release appends to a crash's notes: "... (train_gpt.py:1401 in step_fn)".
+_FRAME = re.compile(r"\(([^()\s]+:\d+ in [^()]+)\)\s*$")
+
+
+class Layout(NamedTuple):
+    columns: list[str]
+    score: str
+    task: str
+    direction: str
+
+
+class Imported(NamedTuple):
+    events: list[Event]
+    rows: int
+    unparsed: int  # rows kept as label `unparsed`
+    dropped: int  # rows kept with their outcome but with a descriptive field left empty
+
+
+def read_layout(header: Sequence[str], source: str) -> Layout:
+    """The header's layout; an unknown one is a clear error naming the columns it lacks."""
+    missing = [name for name in REQUIRED if name not in header]
+    score = next((name for name in SCORE_FIELDS if name in header), None)
+    if score is None:
+        missing.append(f"a score column ({' or '.join(SCORE_FIELDS)})")
+    if missing:
+        raise ValueError(f"{source}: not a seed-release results.tsv, missing columns: {', '.join(missing)}")
+    return Layout(list(header), score, *SCORE_FIELDS[score])
+
+
+def trial_id(text: str) -> str | None:
+    """'exp_042' and '042' are the same trial 'exp_042'; '' is none. Raises ValueError for a bad id."""
+    text = text.strip()
+    number = text.removeprefix("exp_")
+    return check_token("trial", f"exp_{number}") if number else None
+
+
+def utc_time(text: str) -> str:
+    """An ISO timestamp in the form events use; a timestamp without zone is read as UTC."""
+    moment = dt.datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _number(name: str, text: str, problems: list[str]) -> float | None:
+    if not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        problems.append(f"{name} {text!r} is not a number")
+        return None
+    return value
+
+
+class _Row:
+    """One data row read field by field.
+
+    `problems` make the row `unparsed`: its columns, id, parent, specialist, status or score cannot be
+    trusted. `dropped` lists fields that only describe the trial (a prediction, a timing, the time, the
+    incumbent): each is left empty and named in the evidence, and the measured outcome stands.
+    """
+
+    def __init__(self, layout: Layout, raw: list[str], line: int, last_time: str):
+        self.raw = raw
+        self.line = line
+        self.problems: list[str] = []
+        self.dropped: list[str] = []
+        columns = layout.columns
+        if len(raw) < len(columns):
+            self.problems.append(f"{len(raw)} of {len(columns)} columns (missing {', '.join(columns[len(raw):])})")
+        elif len(raw) > len(columns):
+            self.problems.append(f"{len(raw) - len(columns)} columns more than the header")
+        self.fields = dict(zip(columns, raw))
+        get = lambda name: self.fields.get(name, "")  # noqa: E731
+        self.time = self._time(get("timestamp"), last_time)
+        self.trial_id = self._id("exp_id", get("exp_id"), self.problems)
+        if self.trial_id is None:
+            if not get("exp_id").strip():
+                self.problems.append("no exp_id")
+            self.trial_id = f"row_{line}"
+        self.parent_id = self._id("parent_exp", get("parent_exp"), self.problems)
+        self.incumbent_id = self._id("baseline_exp", get("baseline_exp"), self.dropped)
+        self.specialist = get("specialist")
+        self.specialist_ok = self._token("specialist", self.specialist)
+        self.status = get("status").strip()
+        if not self.status:
+            self.problems.append("empty status")
+        elif self.status not in LABELS and self.status != BASELINE:
+            self.problems.append(f"unknown status {self.status!r}")
+        self.expected_delta = _number("expected_delta", get("expected_delta"), self.dropped)
+        self.score = _number(layout.score, get(layout.score), self.problems)
+        if self.status in SCORED_STATUSES and self.score is None and not self.problems:
+            self.problems.append(f"status {self.status} without a {layout.score}")
+        self.metrics = {
+            name: value
+            for name in METRICS
+            if (value := _number(name, get(name), self.dropped)) is not None
+        }
+
+    def _token(self, column: str, text: str) -> bool:
+        try:
+            check_token(column, text)
+            return True
+        except ValueError as exc:
+            self.problems.append(str(exc))
+            return False
+
+    @staticmethod
+    def _id(column: str, text: str, problems: list[str]) -> str | None:
+        try:
+            return trial_id(text)
+        except ValueError:
+            problems.append(f"{column} {text!r} is not a trial id")
+            return None
+
+    def _time(self, text: str, last_time: str) -> str:
+        try:
+            return utc_time(text)
+        except ValueError:
+            self.dropped.append(f"timestamp {text!r} is not an ISO time")
+            return last_time
+
+    @property
+    def label(self) -> str:
+        if self.problems:
+            return UNPARSED
+        return "keep" if self.status == BASELINE else self.status
+
+    def evidence(self) -> Evidence:
+        if self.problems:
+            reasons, fields = "; ".join(self.problems), "\t".join(self.raw)
+            return Evidence(stage="import", message=f"unparsed row (line {self.line}: {reasons}): {fields}")
+        notes = self.fields.get("notes", "")
+        frame = _FRAME.search(notes)
+        message = notes
+        if self.dropped:
+            message += ("\n" if notes else "") + f"import dropped: {'; '.join(self.dropped)}"
+        return Evidence(stage="import", message=message, frame=frame.group(1) if frame else None)
+
+
+def read_rows(path: Path) -> tuple[Layout, list[tuple[int, list[str]]]]:
+    """The layout and the (line number, fields) of each data row, as a standard TSV reader sees them."""
+    csv.field_size_limit(sys.maxsize)
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t", strict=False)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path}: empty file, no header")
+            layout = read_layout(header, str(path))
+            rows = [(reader.line_num, raw) for raw in reader if any(field.strip() for field in raw)]
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+    if not rows:
+        raise ValueError(f"{path}: a header but no rows")
+    return layout, rows
+
+
+def tsv_events(path: Path | str, campaign_id: str) -> Imported:
+    """Every event of the imported campaign, in publishing order."""
+    check_token("campaign", campaign_id)
+    layout, raw_rows = read_rows(Path(path))
+    start = next((t for _, raw in raw_rows if (t := _first_time(raw, layout))), EPOCH)
+    rows: list[_Row] = []
+    seen: dict[str, int] = {}
+    last_time = start
+    for line, raw in raw_rows:
+        row = _Row(layout, raw, line, last_time)
+        if row.trial_id in seen:
+            row.problems.append(f"exp_id repeats line {seen[row.trial_id]}")
+            row.trial_id = f"{row.trial_id}-line{line}"
+        seen.setdefault(row.trial_id, line)
+        rows.append(row)
+        last_time = row.time
+    trials = sum(row.status != BASELINE for row in rows)
+    started = CampaignStarted(
+        event_id=f"{campaign_id}-started", campaign_id=campaign_id, occurred_at=start, producer=PRODUCER,
+        task=layout.task, metric=layout.score, direction=layout.direction, max_trials=trials,
+        bundle=NO_BUNDLE, spec={"imported": "seed-release results.tsv", "columns": layout.columns},
+    )
+    events: list[Event] = [started, *_joins(rows, started)]
+    scores: dict[str, float] = {}
+    for row in rows:
+        events.extend(_trial(row, started, scores))
+        if row.label != UNPARSED and row.score is not None:
+            scores[row.trial_id] = row.score
+    unparsed = sum(row.label == UNPARSED for row in rows)
+    dropped = sum(bool(row.dropped) and row.label != UNPARSED for row in rows)
+    events.append(
+        CampaignStopped(
+            event_id=f"{campaign_id}-stopped", campaign_id=campaign_id, occurred_at=last_time, producer=PRODUCER,
+            causation_id=started.event_id, trials=trials,
+            reason=f"imported from a seed-release results.tsv: {len(rows)} rows, {unparsed} unparsed",
+        )
+    )
+    return Imported(events, len(rows), unparsed, dropped)
+
+
+def _first_time(raw: list[str], layout: Layout) -> str | None:
+    try:
+        return utc_time(raw[layout.columns.index("timestamp")])
+    except (ValueError, IndexError):
+        return None
+
+
+def _joins(rows: list[_Row], started: CampaignStarted) -> list[SpecialistJoined]:
+    """One join per specialist named by a trial row, in order of first appearance."""
+    surfaces: dict[str, str] = {}
+    for row in rows:
+        if row.status != BASELINE and row.specialist_ok:
+            surfaces.setdefault(row.specialist, row.fields.get("domain", ""))
+    return [
+        SpecialistJoined(
+            event_id=f"{started.campaign_id}-{name}-joined", campaign_id=started.campaign_id,
+            occurred_at=started.occurred_at, producer=PRODUCER, causation_id=started.event_id,
+            specialist=name, surface=surface, policy=POLICY,
+        )
+        for name, surface in surfaces.items()
+    ]
+
+
+def _trial(row: _Row, started: CampaignStarted, scores: dict[str, float]) -> tuple[TrialProposed, TrialScored]:
+    c = started.campaign_id
+    proposed = TrialProposed(
+        event_id=f"{c}-{row.trial_id}-proposed", campaign_id=c, occurred_at=row.time, producer=PRODUCER,
+        causation_id=started.event_id, trial_id=row.trial_id, specialist=row.specialist,
+        surface=row.fields.get("domain", ""), parent_id=row.parent_id, hypothesis=row.fields.get("hypothesis", ""),
+        diff="", expected_delta=row.expected_delta, policy=POLICY,
+    )
+    parsed = row.label != UNPARSED
+    incumbent = row.incumbent_id if parsed and row.status != BASELINE else None
+    outcome = TrialScored(
+        event_id=f"{c}-{row.trial_id}-outcome", campaign_id=c, occurred_at=row.time, producer=PRODUCER,
+        causation_id=proposed.event_id, trial_id=row.trial_id, label=row.label, evidence=row.evidence(),
+        score=row.score if parsed else None, metrics=row.metrics, incumbent_id=incumbent,
+        incumbent_score=scores.get(incumbent) if incumbent else None,
+    )
+    return proposed, outcome
+
+
+def write_events(events: list[Event], path: Path | str) -> None:
+    """The events as an event file (see bus/eventfile.py), written atomically."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(b"".join(encode(event) + b"\n" for event in events))
+    os.replace(partial, path)
+
+
+async def publish_events(bus: Bus, events: list[Event]) -> ImportReport:
+    return await import_lines(bus, ((number, encode(event)) for number, event in enumerate(events, 1)))
+
+
+def cli(args) -> int:
+    imported = tsv_events(args.tsv, args.campaign)
+    summary = (
+        f"{args.campaign}: {imported.rows} rows ({imported.unparsed} unparsed, {imported.dropped} with a field"
+        f" dropped) as {len(imported.events)} events"
+    )
+    if args.to_file:
+        write_events(imported.events, args.to_file)
+        print(f"{summary}, written to {args.to_file}")
+        return 0
+
+    async def publish():
+        async with await Bus.connect(name="arx-import-tsv") as bus:
+            return await publish_events(bus, imported.events)
+
+    report = asyncio.run(publish())
+    print(f"{summary}; published {report.describe()}")
+    return 0
