@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 import anyio
+import nats.errors
 
 from bus.connection import SUBJECTS, Bus
 from projections.lineage import Lineage
+
+log = logging.getLogger("arx.follow")
+
+# The log can fail under a follower (server restarted, its consumer lost): it reads again from its
+# own checkpoint, which is always safe.
+BUS_ERRORS = (nats.errors.Error, OSError)
+RETRY_S = 1.0
 
 
 async def catch_up(bus: Bus, lineage: Lineage, *, subject: str = SUBJECTS) -> int:
@@ -17,11 +27,20 @@ async def catch_up(bus: Bus, lineage: Lineage, *, subject: str = SUBJECTS) -> in
 
 
 async def follow(bus: Bus, lineage: Lineage, on_batch=None) -> None:
-    """Fold new events as they arrive, forever (cancel the task to stop)."""
-    async for batch in bus.read(start_seq=lineage.checkpoint + 1, follow=True):
-        lineage.apply(batch)
-        if on_batch is not None:
-            on_batch()
+    """Fold new events as they arrive, forever (cancel the task to stop), through failures of the log."""
+    while True:
+        try:
+            async for batch in bus.read(start_seq=lineage.checkpoint + 1, follow=True):
+                lineage.apply(batch)
+                if on_batch is not None:
+                    on_batch()
+        except BUS_ERRORS as exc:
+            log_retry(exc)
+            await anyio.sleep(RETRY_S)
+
+
+def log_retry(exc: BaseException) -> None:
+    log.warning("%s: %s; reading again from the checkpoint in %.0fs", type(exc).__name__, exc, RETRY_S)
 
 
 class LiveLineage:

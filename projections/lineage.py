@@ -4,10 +4,9 @@ The last applied stream sequence is stored in the same transaction as the rows i
 crash can make a batch be read again but never applied twice; every statement is also idempotent on
 its own (INSERT ... ON CONFLICT, outcome written only while a trial has none).
 
-Files use SQLite's rollback journal, not WAL: `arx replay` swaps a rebuilt file in under the same
-name, and WAL's -wal/-shm files are named after the path, so a new file would inherit the old
-file's live WAL. A rollback journal exists only inside a write transaction, and the projector never
-writes across a swap (see projections/lineage_file.py).
+Files use SQLite's rollback journal, not WAL: `arx replay` swaps files under a running projector and
+its readers (see lineage_file.py), and a rollback journal exists only while a batch is written,
+where WAL's -wal/-shm files live on beside the file for as long as anyone has it open.
 """
 
 from __future__ import annotations
@@ -224,7 +223,7 @@ class Lineage:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        # IMMEDIATE: the checkpoint read and the writes belong to one writer, even with two projectors.
+        # IMMEDIATE: the checkpoint read and the writes that follow it are one writer's, atomically.
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
             yield

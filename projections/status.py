@@ -1,0 +1,124 @@
+"""`arx status`: one campaign at a glance, from a lineage file or straight from the log.
+
+Without --db it folds the log into memory itself, so it works without a running projector and from
+any host that reaches NATS; with --campaign it reads only that campaign's events.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bus.connection import Bus
+from bus.events import check_token
+from projections import views
+from projections.follow import catch_up
+from projections.lineage import Lineage
+
+BUS_TIMEOUT_S = 60.0
+# Every CampaignStarted: few events, enough to find the latest campaign without reading the rest.
+STARTED_SUBJECT = "arx.ev.*.campaign.*.started"
+
+
+def read_file(path: Path, campaign: str | None) -> dict | None:
+    if not path.is_file():
+        raise RuntimeError(f"no lineage database at {path}")
+    lineage = Lineage(path, readonly=True)
+    try:
+        return views.summary(lineage, campaign)
+    except sqlite3.Error as exc:
+        raise RuntimeError(f"{path} is not a readable lineage database ({exc})") from None
+    finally:
+        lineage.close()
+
+
+async def read_log(campaign: str | None) -> dict | None:
+    try:
+        with anyio.fail_after(BUS_TIMEOUT_S):
+            async with await Bus.connect(name="arx-status") as bus:
+                campaign = campaign or await _latest_campaign(bus)
+                if campaign is None:
+                    return None
+                lineage = Lineage()
+                await catch_up(bus, lineage, subject=f"arx.ev.{campaign}.>")
+                return views.summary(lineage, campaign)
+    except TimeoutError:
+        raise RuntimeError(f"reading the log took longer than {BUS_TIMEOUT_S:.0f}s") from None
+
+
+async def _latest_campaign(bus: Bus) -> str | None:
+    started = Lineage()
+    await catch_up(bus, started, subject=STARTED_SUBJECT)
+    latest = views.campaign(started)
+    return latest["campaign_id"] if latest else None
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def render(summary: dict, console: Console) -> None:
+    s = summary
+    better = "lower" if s["direction"] == "min" else "higher"
+    state = "stopped" if s["stopped"] else "running"
+    console.print(
+        f"[bold]{s['campaign']}[/bold]  {s['task']}  {s['metric']} ({better} is better)  arm {s['arm']}  {state}"
+    )
+    console.print(
+        f"trials: {s['trials_proposed']} proposed, {s['trials_scored']} scored, {s['in_flight']} in flight,"
+        f" budget {s['max_trials']}"
+    )
+    change = "-" if s["improvement_pct"] is None else f"{s['improvement_pct']:+.2f}%"
+    console.print(
+        f"baseline {_number(s['baseline_score'])}  ->  best {_number(s['best_score'])}"
+        f" ({s['best_trial'] or '-'})  change {change}  noise floor {s['noise'] * 100:.1f}%"
+    )
+
+    labels = Table(title="labels")
+    labels.add_column("label")
+    labels.add_column("trials", justify="right")
+    for label, n in s["labels"].items():
+        labels.add_row(Text(label), str(n))
+    console.print(labels)
+
+    recent = Table(title=f"last {len(s['recent'])} outcomes")
+    rows = [
+        (row["trial_id"], row["specialist"], row["label"], _number(row["score"]), _number(row["delta"], 3))
+        for row in s["recent"]
+    ]
+    names = ("trial", "specialist", "label", "score", "delta")
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(names)]
+    for name, width in zip(names, widths):
+        recent.add_column(name, justify="right" if name in ("score", "delta") else "left", min_width=width)
+    # The hypothesis gets what is left of the line (each column adds 2 padding and 1 border).
+    left = console.width - sum(widths) - 3 * (len(names) + 1) - 1
+    recent.add_column("hypothesis", no_wrap=True, overflow="ellipsis", max_width=max(left, 10))
+    for row, shown in zip(s["recent"], rows):
+        # Text, not markup: a hypothesis is free text from an agent ("[/tmp] ..." is no closing tag).
+        recent.add_row(*map(Text, shown), Text(" ".join(row["hypothesis"].split())))
+    console.print(recent)
+
+
+def cli(args) -> int:
+    if args.campaign is not None:
+        check_token("campaign", args.campaign)
+    if args.db:
+        summary = read_file(Path(args.db), args.campaign)
+    else:
+        summary = anyio.run(read_log, args.campaign)
+    if summary is None:
+        where = f"campaign {args.campaign}" if args.campaign else "campaign"
+        sys.stderr.write(f"arx status: no {where} in {args.db or 'the log'}\n")
+        return 1
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        render(summary, Console())
+    return 0
