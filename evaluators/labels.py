@@ -1,0 +1,219 @@
+"""Labels: from what the executor saw and what the evaluation measured to one outcome with its evidence.
+
+Pure functions, so that every rule is tested on its own and a replay gives the same labels. The
+evidence is what an agent needs to act: the failing gate with its measured value and limit, or the
+deepest frame of the traceback and the exception line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+from dataclasses import dataclass, field
+
+from bus.events import Evidence, GateVerdict, TrialFinished
+from evaluators.sandbox import OUTPUT_MB
+from evaluators.spec import TaskSpec
+from projections.views import Incumbent
+
+_FRAME = re.compile(r'^\s*File "(?P<path>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>.+))?$')
+_LIBRARY = re.compile(r"/(?:site|dist)-packages/|/lib/python\d+\.\d+/")
+_MEMORY = re.compile(r"MemoryError|Cannot allocate memory|can't allocate memory|std::bad_alloc|out of memory")
+_FILE_SIZE = re.compile(r"File too large")
+# A SIGKILL, SIGSEGV or SIGABRT with the peak resident size this close to the limit is the limit's doing.
+NEAR_LIMIT = 0.9
+_MEMORY_SIGNALS = {signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What scoring the artifact gave: metrics, or the stage where it failed and why."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    failed: str | None = None  # "artifact", "evaluate" or "eval_budget"
+    error: str = ""  # a traceback or a one-line reason
+    root: str | None = None  # the folder the model code ran from: its frames are the ones to show
+    signal: int | None = None
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    label: str
+    score: float | None = None
+    gates: list[GateVerdict] = field(default_factory=list)
+    evidence: Evidence = Evidence()
+
+
+@dataclass(frozen=True)
+class Traceback:
+    frame: str | None  # "train.py:42 in main"
+    message: str  # "ZeroDivisionError: division by zero", or the last line of the log
+
+
+def parse_traceback(text: str, root: str | None = None) -> Traceback:
+    """The deepest frame in the recipe's own code (else the deepest at all) and the exception line.
+
+    The recipe's code is what lies under `root` (the artifact folder, for predict) or, without a root,
+    every frame outside the Python installation; its paths are shown relative to root, or to the
+    folder its frames share. Reads the last traceback in the text: for chained exceptions, the one
+    that ended the run.
+    """
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    block = lines[starts[-1]:] if starts else lines
+    frames, message = [], ""
+    for line in block:
+        match = _FRAME.match(line)
+        if match:
+            frames.append(match)
+        elif frames and line and not line[0].isspace() and not message:
+            message = line.strip()
+    if not message:
+        message = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    if not frames:
+        return Traceback(None, message)
+    if root:
+        root = root.rstrip("/")
+        own = [f for f in frames if f["path"].startswith(root + "/")]
+    else:
+        own = [f for f in frames if not _LIBRARY.search(f["path"])]
+    deepest = (own or frames)[-1]
+    base = root if root and own else _common_folder([f["path"] for f in own])
+    where = f"{_short_path(deepest['path'], base)}:{deepest['line']}"
+    return Traceback(f"{where} in {deepest['func']}" if deepest["func"] else where, message)
+
+
+def _short_path(path: str, base: str) -> str:
+    """Relative to base when under it; a library file from its package; else as it is."""
+    if base and path.startswith(base + "/"):
+        return path[len(base) + 1:]
+    library = _LIBRARY.search(path)
+    return path[library.end():] if library else path
+
+
+def _common_folder(paths: list[str]) -> str:
+    folders = [_folder(p) for p in paths]
+    common = folders[0] if folders else ""
+    while common and not all(f == common or f.startswith(common + "/") for f in folders):
+        common = _folder(common)
+    return common
+
+
+def _folder(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def training_failed(finished: TrialFinished) -> bool:
+    return finished.timed_out or bool(finished.exit_code) or finished.signal is not None
+
+
+def label(
+    finished: TrialFinished,
+    spec: TaskSpec,
+    evaluation: Evaluation | None,
+    incumbent: Incumbent | None,
+    noise: float,
+) -> Verdict:
+    """The outcome of one trial. `evaluation` is None only when training failed (nothing to score)."""
+    limits = {"train_s": spec.budgets.train_s, "memory_mb": spec.budgets.memory_mb,
+              "file_mb": spec.budgets.file_mb, **finished.limits}
+    train_gate = GateVerdict(gate="train_s", passed=not finished.timed_out, measured=finished.wall_s,
+                             limit=limits["train_s"])
+    if finished.timed_out:
+        return Verdict("train_budget_overrun", gates=[train_gate], evidence=Evidence(
+            stage="train", gate="train_s", measured=finished.wall_s, limit=limits["train_s"],
+            message=f"training ran {finished.wall_s:.1f}s, over its {limits['train_s']:g}s budget"))
+    if training_failed(finished):
+        return Verdict("crash", gates=[train_gate], evidence=crash_evidence(
+            "train", finished.log_tail, finished.signal, finished.exit_code, finished.peak_rss_mb, limits))
+    if evaluation is None:
+        raise ValueError(f"trial {finished.trial_id} trained cleanly but has no evaluation")
+    return _evaluated(finished, spec, evaluation, incumbent, noise, train_gate)
+
+
+def _evaluated(finished, spec, evaluation, incumbent, noise, train_gate) -> Verdict:
+    eval_limit = spec.budgets.eval_s
+    eval_gate = GateVerdict(gate="eval_s", passed=evaluation.failed != "eval_budget", measured=evaluation.wall_s,
+                            limit=eval_limit)
+    gates = [train_gate, eval_gate]
+    if evaluation.failed == "artifact":
+        return Verdict("crash", gates=[train_gate], evidence=Evidence(stage="artifact", message=evaluation.error))
+    if evaluation.failed == "eval_budget":
+        return Verdict("eval_budget_overrun", gates=gates, evidence=Evidence(
+            stage="evaluate", gate="eval_s", measured=evaluation.wall_s, limit=eval_limit,
+            message=f"evaluation ran past its {eval_limit:g}s budget"))
+    if evaluation.failed is not None:
+        sandbox_limits = {"memory_mb": spec.budgets.memory_mb, "file_mb": OUTPUT_MB}
+        return Verdict("crash", gates=gates, evidence=crash_evidence(
+            "evaluate", evaluation.error, evaluation.signal, None, 0.0, sandbox_limits, root=evaluation.root))
+
+    measured = {**evaluation.metrics, "wall_s": finished.wall_s}
+    if spec.score not in measured:
+        raise ValueError(f"task {spec.name} scores {spec.score!r} but its metrics give {sorted(evaluation.metrics)}")
+    score = measured[spec.score]
+    if not math.isfinite(score):
+        return Verdict("crash", gates=gates, evidence=Evidence(stage="evaluate", measured=score,
+                                                               message=f"score {spec.score} is {score}"))
+    failing = None
+    for gate in spec.gates:
+        value = measured.get(gate.metric)
+        passed = value is not None and gate.passes(value)
+        detail = "" if value is not None else f"{gate.metric} was not measured"
+        gates.append(GateVerdict(gate=gate.metric, passed=passed, measured=value, limit=gate.limit, detail=detail))
+        if not passed and failing is None:
+            failing = (gate, value)
+    if failing is not None:
+        gate, value = failing
+        shown = "missing" if value is None else f"{value:.6g}"
+        return Verdict(gate.label, score, gates, Evidence(
+            stage="gate", gate=gate.metric, measured=value, limit=gate.limit,
+            message=f"{gate.metric} {shown}, required {gate.op} {gate.limit:g}"))
+    outcome, evidence = compare(spec, score, incumbent, noise)
+    return Verdict(outcome, score, gates, evidence)
+
+
+def compare(spec: TaskSpec, score: float, incumbent: Incumbent | None, noise: float) -> tuple[str, Evidence]:
+    """keep only beyond the noise: better than the incumbent by more than noise * |incumbent|."""
+    if incumbent is None:
+        return "keep", Evidence(stage="compare", measured=score, message="first scored trial: the incumbent")
+    margin = noise * abs(incumbent.score)
+    sign = -1.0 if spec.direction == "min" else 1.0
+    gain = sign * (score - incumbent.score)
+    threshold = incumbent.score + sign * margin
+    needed = f"{'<' if spec.direction == 'min' else '>'} {threshold:.6g}"
+    summary = f"{spec.score} {score:.6g} vs incumbent {incumbent.trial_id} {incumbent.score:.6g}"
+    if gain > margin:
+        label = "keep"
+    elif gain > 0:
+        label = "within_noise"
+    else:
+        label = "discard"
+    return label, Evidence(stage="compare", measured=score, limit=threshold,
+                           message=f"{summary} (keep needs {needed}, noise {noise:.3g})")
+
+
+def crash_evidence(stage: str, text: str, sig: int | None, exit_code: int | None, peak_rss_mb: float,
+                   limits: dict[str, float], root: str | None = None) -> Evidence:
+    """Where a run broke; a crash caused by the memory or file-size limit names that limit."""
+    trace = parse_traceback(text, root)
+    message = trace.message
+    if sig is not None:
+        message = f"killed by {_signal_name(sig)}" + (f": {message}" if message else "")
+    elif not message:
+        message = f"exit code {exit_code}"
+    if sig == signal.SIGXFSZ or _FILE_SIZE.search(text):
+        return Evidence(stage=stage, gate="file_mb", limit=limits["file_mb"], frame=trace.frame, message=message)
+    near_limit = peak_rss_mb >= NEAR_LIMIT * limits["memory_mb"]
+    if _MEMORY.search(text) or (sig in _MEMORY_SIGNALS and near_limit):
+        return Evidence(stage=stage, gate="memory_mb", measured=peak_rss_mb or None, limit=limits["memory_mb"],
+                        frame=trace.frame, message=message)
+    return Evidence(stage=stage, frame=trace.frame, message=message)
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"

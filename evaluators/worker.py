@@ -1,0 +1,336 @@
+"""`arx evaluator`: score finished trials, label their outcomes, and stop campaigns at their budget.
+
+Finished trials come from the shared durable consumer "evaluators", so evaluators split the work and a
+trial whose evaluator dies is delivered again. A LiveLineage folded in the background tells each one
+the campaign, the incumbent and how many outcomes count against the budget. Every delivered trial
+ends in exactly one outcome event: a TrialScored with a label, or a TrialAbandoned (harness_abort) when
+the evaluator itself could not judge it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import anyio
+import msgspec
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NotFoundError
+
+from bus.connection import Bus
+from bus.events import (
+    CampaignStopped,
+    Event,
+    Evidence,
+    TrialAbandoned,
+    TrialFinished,
+    TrialScored,
+    UnknownEvent,
+    decode,
+)
+from evaluators import labels
+from evaluators.sandbox import SandboxPool, SandboxResult
+from evaluators.spec import Task, load_task
+from evaluators.unpack import UnsafeArtifact, unpack_artifact
+from projections import views
+from projections.follow import LiveLineage, catch_up
+
+log = logging.getLogger("arx.evaluator")
+
+QUEUE = "evaluators"
+FINISHED = "arx.ev.*.trial.*.finished"
+# How long the background lineage may lag behind a delivered message before we read the log ourselves.
+LINEAGE_LAG_S = 5.0
+CAMPAIGN_CHECK_S = 5.0
+
+
+def outcome_id(trial_id: str) -> str:
+    """Deterministic, so the outcome of a redelivered trial collapses onto the first one."""
+    return f"{trial_id}-outcome"
+
+
+def to_evaluation(task: Task, result: SandboxResult, targets, artifact_dir: Path) -> labels.Evaluation:
+    """Score the sandbox's outputs against the held-out targets, here in the evaluator's process."""
+    if result.timed_out:
+        return labels.Evaluation(failed="eval_budget", wall_s=result.wall_s)
+    if result.outputs is None:
+        return labels.Evaluation(failed="evaluate", error=result.error, root=str(artifact_dir.resolve()),
+                                 signal=result.signal, wall_s=result.wall_s)
+    try:
+        measured = task.module().metrics(result.outputs, targets)
+        metrics = {str(k): float(v) for k, v in measured.items()}
+    except Exception:  # outputs the task cannot score are the model's failure
+        return labels.Evaluation(failed="evaluate", error=traceback.format_exc(), wall_s=result.wall_s)
+    return labels.Evaluation(metrics=metrics, wall_s=result.wall_s)
+
+
+class Evaluator:
+    def __init__(self, bus: Bus, live: LiveLineage, pool: SandboxPool, name: str):
+        self.bus = bus
+        self.live = live
+        self.pool = pool
+        self.name = name
+        self.skipped = 0  # undecodable or unexpected messages, acked and left alone
+        self.outcomes = 0
+        self._tasks: dict[str, Task] = {}
+        self._heldout: dict[str, asyncio.Future] = {}
+        self._stopping: set[str] = set()
+        self._broken_tasks: set[str] = set()
+
+    # -- the work queue -----------------------------------------------------------------------
+
+    async def consume(self) -> None:
+        sub = await self.bus.durable(QUEUE, FINISHED)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(1, timeout=1.0)
+                except NatsTimeout:
+                    continue
+                except NatsError as exc:  # a reconnect in progress: the message stays in the queue
+                    log.warning("fetch failed: %s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                for msg in msgs:
+                    try:
+                        await self.handle(msg)
+                    except Exception:  # e.g. the outcome could not be published: unacked, so it comes back
+                        log.exception("message %d left for redelivery", msg.metadata.sequence.stream)
+        finally:
+            # Unsubscribed, a half-done fetch cannot hold up the connection's drain on the way out.
+            with anyio.CancelScope(shield=True), contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+
+    async def handle(self, msg) -> None:
+        received = time.monotonic()
+        try:
+            event = decode(msg.data)
+        except (UnknownEvent, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            event, reason = None, repr(exc)
+        else:
+            reason = f"unexpected {type(event).__name__}"
+        if not isinstance(event, TrialFinished):
+            self.skipped += 1
+            log.warning("skipping message %d on %s: %s", msg.metadata.sequence.stream, msg.subject, reason)
+            await msg.ack()
+            return
+        async with self._keep_alive(msg):
+            await self._caught_up(msg.metadata.sequence.stream)
+            if self._has_outcome(event):
+                await msg.ack()  # a redelivery after an outcome was written
+                return
+            outcome = await self.outcome(event)
+            written = await self.bus.publish(outcome, first_writer=True)
+        await msg.ack()
+        self.outcomes += 1
+        log.info("%s %s/%s: %s in %.3fs%s", type(outcome).__name__, event.campaign_id, event.trial_id,
+                 outcome.label, time.monotonic() - received, "" if written else " (another outcome was first)")
+
+    @contextlib.asynccontextmanager
+    async def _keep_alive(self, msg):
+        """Tell JetStream we are still on it, so a long evaluation is not handed to another evaluator."""
+        every = max(self.bus.settings.ack_wait_s / 3, 0.5)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await msg.in_progress()
+
+        beating = asyncio.ensure_future(beat())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError, NatsError):
+                await beating
+
+    async def _caught_up(self, seq: int) -> None:
+        """Wait until the lineage holds every event up to seq; if the follower lags, read the log here."""
+        if not await self.live.wait_for(seq, timeout=LINEAGE_LAG_S):
+            log.warning("lineage at %d behind %d after %.0fs: catching up directly",
+                        self.live.lineage.checkpoint, seq, LINEAGE_LAG_S)
+            await catch_up(self.bus, self.live.lineage)
+
+    def _has_outcome(self, event: TrialFinished) -> bool:
+        row = self.live.lineage.db.execute(
+            "SELECT outcome FROM trials WHERE campaign_id = ? AND trial_id = ?", (event.campaign_id, event.trial_id)
+        ).fetchone()
+        return row is not None and row[0] is not None
+
+    # -- one trial ----------------------------------------------------------------------------
+
+    async def outcome(self, finished: TrialFinished) -> Event:
+        """The trial's outcome event. Raises only when the bus fails (the trial is then delivered again);
+        any other problem with this one trial becomes its labelled outcome."""
+        try:
+            return await self._scored(finished)
+        except NatsError:
+            raise
+        except Exception as exc:  # the harness's fault, not the trial's: say so and go on
+            log.exception("cannot judge %s/%s", finished.campaign_id, finished.trial_id)
+            return TrialAbandoned(
+                event_id=outcome_id(finished.trial_id), campaign_id=finished.campaign_id, producer=self.name,
+                causation_id=finished.event_id, trial_id=finished.trial_id,
+                evidence=Evidence(stage="evaluator", message=f"{type(exc).__name__}: {exc}"[:2000]),
+            )
+
+    async def _scored(self, finished: TrialFinished) -> TrialScored:
+        campaign = views.campaign(self.live.lineage, finished.campaign_id)
+        if campaign is None:
+            raise LookupError(f"campaign {finished.campaign_id} has no CampaignStarted in the log")
+        task = self.task(campaign["task"])
+        evaluation = None if labels.training_failed(finished) else await self.evaluate(task, finished)
+        # Outcomes written since the trial finished may have moved the incumbent.
+        await self._caught_up(await self.bus.last_seq())
+        incumbent = views.incumbent(self.live.lineage, finished.campaign_id, task.spec.direction)
+        noise = campaign["noise"] or 0.0
+        verdict = labels.label(finished, task.spec, evaluation, incumbent, noise)
+        metrics = evaluation.metrics if evaluation else {}
+        return TrialScored(
+            event_id=outcome_id(finished.trial_id), campaign_id=finished.campaign_id, producer=self.name,
+            causation_id=finished.event_id, trial_id=finished.trial_id, label=verdict.label,
+            evidence=verdict.evidence, score=verdict.score, gates=verdict.gates,
+            # JSON has no NaN: a non-finite metric would make the event unreadable.
+            metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
+            incumbent_id=incumbent.trial_id if incumbent else None,
+            incumbent_score=incumbent.score if incumbent else None,
+            noise=noise,
+        )
+
+    def task(self, name: str) -> Task:
+        if name not in self._tasks:
+            self._tasks[name] = load_task(name)
+        return self._tasks[name]
+
+    def _heldout_future(self, task: Task) -> asyncio.Future:
+        """The task's held-out inputs and targets, computed once per task, off the event loop."""
+        if task.name not in self._heldout:
+            self._heldout[task.name] = asyncio.ensure_future(asyncio.to_thread(task.module().heldout))
+        return self._heldout[task.name]
+
+    async def heldout(self, task: Task):
+        try:
+            return await asyncio.shield(self._heldout_future(task))
+        except Exception:
+            self._heldout.pop(task.name, None)  # try again for the next trial
+            raise
+
+    async def evaluate(self, task: Task, finished: TrialFinished) -> labels.Evaluation:
+        if finished.artifact is None:
+            return labels.Evaluation(failed="artifact", error="the run produced no artifact")
+        try:
+            data = await self.bus.get_object(finished.artifact)
+        except (NotFoundError, ValueError) as exc:
+            return labels.Evaluation(failed="artifact", error=f"artifact {finished.artifact.name}: {exc}")
+        inputs, targets = await self.heldout(task)
+        artifact_dir = Path(tempfile.mkdtemp(prefix=f"{finished.trial_id}-", dir=self.pool.root))
+        try:
+            try:
+                await asyncio.to_thread(unpack_artifact, data, artifact_dir)
+            except UnsafeArtifact as exc:
+                return labels.Evaluation(failed="artifact", error=str(exc))
+            result = await self.pool.run(task, artifact_dir, inputs)
+            return to_evaluation(task, result, targets, artifact_dir)
+        finally:
+            shutil.rmtree(artifact_dir, ignore_errors=True)
+
+    # -- campaigns ----------------------------------------------------------------------------
+
+    async def watch_campaigns(self) -> None:
+        """On every lineage change: stop campaigns whose budget is spent, warm sandboxes for the rest.
+
+        Outcomes this evaluator did not write (rejected or abandoned trials) count too, so the check
+        follows the lineage rather than our own publishes.
+        """
+        while True:
+            seen = self.live.lineage.checkpoint
+            try:
+                for row in self.live.lineage.query(
+                    "SELECT campaign_id, task, max_trials FROM campaigns WHERE stopped_at IS NULL"
+                ):
+                    await self._check_campaign(row)
+            except Exception:  # a failed publish: the next lineage change tries again
+                log.exception("campaign check failed")
+            if self.live.lineage.checkpoint == seen:
+                await self.live.changed(timeout=CAMPAIGN_CHECK_S)
+
+    async def _check_campaign(self, row: dict) -> None:
+        campaign_id = row["campaign_id"]
+        counted = views.counted_outcomes(self.live.lineage, campaign_id)
+        if counted >= row["max_trials"]:
+            if campaign_id not in self._stopping:
+                await self.bus.publish(
+                    CampaignStopped(event_id=f"{campaign_id}-stopped", campaign_id=campaign_id, producer=self.name,
+                                    reason="max_trials reached", trials=counted),
+                    first_writer=True,  # a campaign stops once, whoever notices first
+                )
+                self._stopping.add(campaign_id)  # until the lineage shows the stop
+                log.info("campaign %s stopped: %d of %d trials", campaign_id, counted, row["max_trials"])
+            return
+        self._prepare(row["task"])
+
+    def _prepare(self, task_name: str) -> None:
+        """Start the sandbox process and the held-out data before the campaign's first trial arrives."""
+        if task_name in self._broken_tasks:
+            return
+        try:
+            task = self.task(task_name)
+        except ValueError as exc:
+            self._broken_tasks.add(task_name)
+            log.error("cannot prepare task %s: %s", task_name, exc)
+            return
+        self.pool.warm(task)
+        self._heldout_future(task)
+
+
+async def run_evaluator(bus: Bus, *, name: str, stop=None, pool: SandboxPool | None = None) -> None:
+    """Evaluate until `stop` (anything with an awaitable wait()) is set, or forever if it is None.
+
+    The sandbox pool is made here unless given (a caller that wants to see it warm passes its own);
+    either way it is closed on the way out.
+    """
+    live = LiveLineage(bus)
+    pool = pool or SandboxPool()
+    evaluator = Evaluator(bus, live, pool, name)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(live.run)
+            group.start_soon(evaluator.watch_campaigns)
+            group.start_soon(evaluator.consume)
+            if stop is not None:
+                await stop.wait()
+                group.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.close()
+
+
+async def _main(name: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bus = await Bus.connect(name=name)
+    try:
+        log.info("%s evaluating %s from %s", name, FINISHED, bus.settings.stream)
+        await run_evaluator(bus, name=name, stop=stop)
+    finally:
+        await bus.close()
+
+
+def cli(args) -> int:
+    name = args.name or f"evaluator-{socket.gethostname()}-{os.getpid()}"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(_main(name))
+    return 0
