@@ -18,6 +18,7 @@ COMMANDS = {
     "replay": ("projections.projector", "cli_replay", "rebuild lineage.db from the log into a fresh file"),
     "agent": ("agents.cli", "cli", "run one specialist agent"),
     "status": ("projections.status", "cli", "show a campaign: labels, incumbent, improvement, last trials"),
+    "bench": ("agents.bench", "cli", "benchmarks: `arx bench research` runs campaigns per control arm and seed"),
     "export": ("bus.eventfile", "cli_export", "write a campaign's events to a file, one JSON event a line"),
     "import": ("bus.eventfile", "cli_import", "publish an event file's events, skipping those already stored"),
     "import-tsv": ("projections.seedruns", "cli", "turn a seed-release results.tsv into a campaign's events"),
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     task = sub.add_parser("task", help=helps["task"])
     task.add_argument("name", nargs="?", help="a task name (omit to list them)")
     task.add_argument("--surfaces", action="store_true", help="print only the surface names, one a line")
+    task.add_argument("--roster", metavar="ARM", help="print the offline agents an arm runs: policy specialist surface")
 
     watch = sub.add_parser("watch", help=helps["watch"])
     watch.add_argument("--campaign", help="campaign id (default: the latest)")
@@ -73,12 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--db", help="lineage database to replace (default: $ARX_HOME/lineage.db)")
 
     agent = sub.add_parser("agent", help=helps["agent"])
-    agent.add_argument("--policy", default="tpe", choices=["tpe"])
+    agent.add_argument("--policy", default="tpe", choices=["tpe", "llm", "catalog", "combiner", "repair"])
     agent.add_argument("--specialist", required=True, help="this agent's name, e.g. tpe-optimizer")
     agent.add_argument("--surface", required=True, help="the task surface it may edit ('*' for all)")
     agent.add_argument("--campaign", help="campaign to work on (default: the latest running one)")
     agent.add_argument("--max-in-flight", type=_positive_int, default=1)
     agent.add_argument("--seed", type=int, default=0)
+    agent.add_argument("--model", help="llm: the model the OpenAI-compatible endpoint (OPENAI_BASE_URL) serves")
+    agent.add_argument(
+        "--no-lineage", action="store_true", help="llm: show only the incumbent's id and score (a control arm)"
+    )
+
+    bench = sub.add_parser("bench", help=helps["bench"])
+    bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    research = bench_sub.add_parser("research", help="campaigns per arm and seed, each on a cluster of its own")
+    research.add_argument("--task", default="digits-speedrun")
+    research.add_argument("--arms", default="lineage,no-lineage", help="comma-separated: lineage, no-lineage, ...")
+    research.add_argument("--trials", type=_positive_int, default=40, help="trials per campaign")
+    research.add_argument("--seeds", type=_positive_int, default=3, help="campaigns per arm (seeds 0..N-1)")
+    research.add_argument("--executors", type=_positive_int, default=1, help="executor processes per run")
+    research.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
+    research.add_argument("--run-timeout", type=float, help="seconds per run before it is stopped")
+    research.add_argument("--benchmarks", help="the markdown file to write the table into (default: BENCHMARKS.md)")
+    research.add_argument("--no-write", action="store_true", help="do not write the table into BENCHMARKS.md")
+    research.add_argument("--keep", action="store_true", help="keep the runs' logs and stores")
 
     status = sub.add_parser("status", help=helps["status"])
     status.add_argument("--campaign")

@@ -16,7 +16,7 @@ import anyio
 
 from agents.trees import Trees
 from bus.connection import Bus
-from bus.events import SpecialistJoined, TrialProposed, check_token
+from bus.events import Evidence, SpecialistJoined, TrialProposed, TrialRejected, check_token
 from bus.settings import Settings, load_settings
 from evaluators.spec import Task, TaskSpec, load_task
 from projections import views
@@ -48,6 +48,9 @@ class Proposal:
     tokens_out: int = 0
     latency_s: float = 0.0
     cost_usd: float = 0.0
+    # Why the policy could not produce a valid edit: the trial is published with this reason as its
+    # TrialRejected(invalid_edit), so that the failure is in the lineage and counts against the budget.
+    rejection: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,8 +263,27 @@ class Specialist:
             return None
         trial_id = self._next_trial_id(lineage, c)
         await bus.publish(self._event(c, trial_id, proposal.parent_id or context.parent_id, proposal))
-        log.info("%s: proposed %s: %s", self.specialist, trial_id, proposal.hypothesis)
+        if proposal.rejection is not None:
+            await self._reject(bus, c, trial_id, proposal.rejection)
+            log.warning("%s: %s is invalid_edit: %s", self.specialist, trial_id, proposal.rejection)
+        else:
+            log.info("%s: proposed %s: %s", self.specialist, trial_id, proposal.hypothesis)
         return trial_id
+
+    async def _reject(self, bus: Bus, c: str, trial_id: str, reason: str) -> None:
+        """The outcome of a proposal the policy itself found invalid (first writer wins, as always)."""
+        await bus.publish(
+            TrialRejected(
+                event_id=f"{c}-{trial_id}-trialrejected",
+                campaign_id=c,
+                producer=self._producer,
+                causation_id=f"{c}-{trial_id}-proposed",
+                trial_id=trial_id,
+                label="invalid_edit",
+                evidence=Evidence(stage="propose", message=reason),
+            ),
+            first_writer=True,
+        )
 
     @staticmethod
     def _check(lineage: Lineage, c: str, proposal: Proposal) -> None:

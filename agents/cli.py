@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import signal
 
@@ -11,7 +12,15 @@ import anyio
 from agents.base import Specialist
 
 # policy name -> "module:class". A new policy is a Specialist subclass plus one line here.
-POLICIES = {"tpe": "agents.tpe:TPESpecialist"}
+POLICIES = {
+    "tpe": "agents.tpe:TPESpecialist",
+    "llm": "agents.llm:LLMSpecialist",
+    "catalog": "agents.catalog:CatalogSpecialist",
+    "combiner": "agents.combiner:CombinerSpecialist",
+    "repair": "agents.repair:RepairSpecialist",
+}
+# Arguments only some policies take (llm: --model, --no-lineage): passed to the classes that accept them.
+POLICY_OPTIONS = ("model", "no_lineage")
 
 
 def build_specialist(args) -> Specialist:
@@ -25,7 +34,13 @@ def build_specialist(args) -> Specialist:
         campaign_id=args.campaign,
         max_in_flight=args.max_in_flight,
         seed=args.seed,
+        **policy_options(cls, args),
     )
+
+
+def policy_options(cls: type[Specialist], args) -> dict:
+    accepted = inspect.signature(cls.__init__).parameters
+    return {name: getattr(args, name) for name in POLICY_OPTIONS if name in accepted and hasattr(args, name)}
 
 
 async def run_until_signal(agent: Specialist) -> int:

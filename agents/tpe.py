@@ -17,6 +17,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from agents.arms import draw_seed, sees_lineage
 from agents.base import Context, Proposal, Specialist, path_in, root_trial, surface_paths
 from agents.edits import diff_trees, knob_values, set_knob
 from evaluators.spec import Knob
@@ -93,6 +94,19 @@ def history(context: Context, knobs: list[Knob], baseline: dict) -> tuple[list[F
     return trials, ids
 
 
+def incumbent_only(context: Context, knobs: list[Knob], parent: dict) -> list[FrozenTrial]:
+    """The study of an agent that sees only the incumbent: its point and score, if one is kept."""
+    if context.incumbent is None:
+        return []
+    distributions = {k.name: distribution(k) for k in knobs}
+    point = _point(parent, knobs)
+    return [
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=context.incumbent.score, params=point, distributions=distributions
+        )
+    ]
+
+
 def sampler_seed(seed: int, n_trials: int) -> int:
     """A seed per study size: the same lineage gives the same point, a grown one a fresh point."""
     digest = hashlib.sha256(f"{seed}:{n_trials}".encode()).digest()
@@ -121,11 +135,16 @@ class TPESpecialist(Specialist):
         knobs = [k for k in declared if k.name in parent]
         if not knobs:
             raise ValueError(f"surface {context.surface!r} of {context.task.name} has no knobs to tune")
-        root = await context.tree(root_trial(context.lineage, context.campaign_id))
-        trials, shown = history(context, knobs, knob_values(root, knobs))
+        if sees_lineage(context):
+            root = await context.tree(root_trial(context.lineage, context.campaign_id))
+            trials, shown = history(context, knobs, knob_values(root, knobs))
+            seed = self.seed
+        else:  # the no-lineage arm: one known point is a random search, drawn afresh each time
+            trials, shown = incumbent_only(context, knobs, parent), [context.parent_id]
+            seed = draw_seed(context, self.seed)
         direction = context.campaign["direction"]
         # optuna is CPU work: off the event loop, which keeps folding the log meanwhile.
-        point = await anyio.to_thread.run_sync(ask, trials, knobs, direction, self.seed, parent)
+        point = await anyio.to_thread.run_sync(ask, trials, knobs, direction, seed, parent)
         if point is None:
             return None
         files = dict(context.files)

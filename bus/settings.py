@@ -26,6 +26,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Deliveries of one proposal before it is abandoned as harness_abort.
     max_attempts: int = 3
     log_tail_chars: int = 4000
+    # LLM specialists. Prices: model -> (input, output) dollars per million tokens; unknown models cost 0.
+    llm_prices: dict[str, tuple[float, float]] = {}
+    # A campaign whose trials have cost this many dollars gets no more LLM proposals (None: no cap).
+    cost_cap_usd: float | None = None
+    llm_timeout_s: float = 120.0
+    # Retries inside the openai client (429, 5xx, timeouts); then up to llm_attempts rounds of those,
+    # llm_backoff_s apart and doubling, before a proposal waits for the endpoint to recover.
+    llm_max_retries: int = 2
+    llm_attempts: int = 3
+    llm_backoff_s: float = 2.0
+    # How often a failed parse or apply is fed back to the model before the trial is invalid_edit.
+    llm_repair_rounds: int = 2
+    # 0 sends no token limit (for endpoints that refuse max_tokens).
+    llm_max_tokens: int = 8192
 
     @property
     def pids_dir(self) -> Path:
@@ -47,6 +61,14 @@ _ENV = {
     "ack_wait_s": ("ARX_ACK_WAIT_S", float),
     "max_attempts": ("ARX_MAX_ATTEMPTS", int),
     "log_tail_chars": ("ARX_LOG_TAIL_CHARS", int),
+    "llm_prices": ("ARX_LLM_PRICES", lambda raw: msgspec.json.decode(raw, type=dict[str, tuple[float, float]])),
+    "cost_cap_usd": ("ARX_COST_CAP_USD", float),
+    "llm_timeout_s": ("ARX_LLM_TIMEOUT_S", float),
+    "llm_max_retries": ("ARX_LLM_MAX_RETRIES", int),
+    "llm_attempts": ("ARX_LLM_ATTEMPTS", int),
+    "llm_backoff_s": ("ARX_LLM_BACKOFF_S", float),
+    "llm_repair_rounds": ("ARX_LLM_REPAIR_ROUNDS", int),
+    "llm_max_tokens": ("ARX_LLM_MAX_TOKENS", int),
 }
 
 

@@ -119,6 +119,10 @@ def cli_task(args) -> int:
     spec = load_task(args.name).spec
     if args.surfaces:
         print("\n".join(surface.name for surface in spec.surfaces))
+    elif args.roster:
+        from agents.arms import roster
+
+        print("\n".join(f"{m.policy} {m.specialist} {m.surface}" for m in roster(spec, args.roster)))
     else:
         print(msgspec.json.format(msgspec.json.encode(spec)).decode())
     return 0

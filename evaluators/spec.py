@@ -10,6 +10,7 @@ import importlib.util
 import io
 import operator
 import os
+import re
 import tarfile
 import tomllib
 from functools import cache
@@ -20,6 +21,8 @@ import msgspec
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 GATE_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+KNOB_EFFECTS = ("size", "time", "capacity")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 
 class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -57,12 +60,60 @@ class Knob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     low: float
     high: float
     log: bool = False
+    # What raising the knob does to "size" (the artifact), "time" (training) or "capacity" (accuracy):
+    # +1 raises it, -1 lowers it. The repair specialist reads this to turn a failure into a fix.
+    effects: dict[str, int] = {}
 
     def __post_init__(self):
         if self.kind not in ("int", "float"):
             raise ValueError(f"knob {self.name}: kind must be 'int' or 'float', not {self.kind!r}")
         if not self.low < self.high:
             raise ValueError(f"knob {self.name}: low {self.low} must be below high {self.high}")
+        for effect, sign in self.effects.items():
+            if effect not in KNOB_EFFECTS or sign not in (-1, 1):
+                raise ValueError(f"knob {self.name}: effects must map {KNOB_EFFECTS} to 1 or -1, not {effect}={sign}")
+
+
+class TransformEdit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Replace the one occurrence of `search` with `replace` (both may hold {param} placeholders)."""
+
+    search: str
+    replace: str
+
+
+class Transform(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A known technique as a named, parameterized edit of one file of one surface.
+
+    `edits` are applied in order, each search text must occur exactly once; `constants` set
+    `NAME = value` lines to an arithmetic expression of the file's constants and {param} placeholders
+    (declared knobs are clipped into their bounds). Every combination of `params` values is one variant.
+    """
+
+    name: str
+    surface: str
+    path: str
+    description: str
+    edits: list[TransformEdit] = []
+    constants: dict[str, str] = {}
+    params: dict[str, list[int | float | str]] = {}
+    # Failure labels this technique is a fix for (the repair specialist tries it on such a failure).
+    fixes: list[str] = []
+
+    def __post_init__(self):
+        if not self.edits and not self.constants:
+            raise ValueError(f"transform {self.name}: needs edits or constants")
+        for param, values in self.params.items():
+            if not values:
+                raise ValueError(f"transform {self.name}: param {param} has no values")
+        # Edits are code, where braces are common; constants are expressions, where they are not.
+        used_in_constants = {m for text in self.constants.values() for m in PLACEHOLDER.findall(text)}
+        if used_in_constants - set(self.params):
+            unknown = sorted(used_in_constants - set(self.params))
+            raise ValueError(f"transform {self.name}: placeholders {unknown} are not params")
+        texts = [e.search + e.replace for e in self.edits] + list(self.constants.values())
+        unused = [p for p in self.params if not any(f"{{{p}}}" in text for text in texts)]
+        if unused:
+            raise ValueError(f"transform {self.name}: params {unused} are used nowhere")
 
 
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,6 +130,7 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     frozen: list[str] = []
     noise: float = 0.0
     exclusive_cores: int = 0
+    transforms: list[Transform] = []
 
     def __post_init__(self):
         if self.direction not in ("min", "max"):
@@ -88,6 +140,15 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         names = [s.name for s in self.surfaces]
         if len(set(names)) != len(names):
             raise ValueError(f"surfaces: duplicate names in {names}")
+        transforms = [t.name for t in self.transforms]
+        if len(set(transforms)) != len(transforms):
+            raise ValueError(f"transforms: duplicate names in {transforms}")
+        for transform in self.transforms:
+            if transform.surface not in names:
+                raise ValueError(f"transform {transform.name}: no surface {transform.surface!r}")
+            paths = self.surface(transform.surface).paths
+            if not any(transform.path == p or (p.endswith("/") and transform.path.startswith(p)) for p in paths):
+                raise ValueError(f"transform {transform.name}: {transform.path} is not in surface {transform.surface}")
 
     def surface(self, name: str) -> Surface:
         for surface in self.surfaces:

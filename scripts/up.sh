@@ -57,10 +57,11 @@ else
     campaign=$($arx campaign start --task "$task" --trials "$trials")
     echo "started campaign $campaign ($trials trials of $task)"
 fi
-for surface in $($arx task "$task" --surfaces); do
-    start "agent-$campaign-tpe-$surface" $arx agent --policy tpe --specialist "tpe-$surface" \
+# The default offline specialists: each bound to a surface of the task, plus combiner and repair.
+while read -r policy specialist surface; do
+    start "agent-$campaign-$specialist" $arx agent --policy "$policy" --specialist "$specialist" \
         --surface "$surface" --campaign "$campaign"
-done
+done < <($arx task "$task" --roster lineage)
 
 if [ "$mode" = detach ]; then
     echo "running in the background: .venv/bin/arx status   (stop with scripts/down.sh)"

@@ -8,7 +8,7 @@ from agents.edits import knob_values
 from agents.trees import bundle_files
 from bus.connection import Bus
 from bus.events import CampaignStarted, CampaignStopped, TrialAbandoned, TrialProposed, TrialScored
-from evaluators.spec import load_task
+from evaluators.spec import Task, load_task
 from projections.follow import catch_up
 from projections.lineage import Lineage
 
@@ -17,10 +17,13 @@ BASELINE_FILES = bundle_files(TASK.bundle())
 BASELINE_PARAMS = knob_values(BASELINE_FILES, TASK.spec.knobs)
 
 
-async def start_campaign(bus: Bus, c: str, *, max_trials: int = 20, baseline_params: bool = True) -> None:
+async def start_campaign(
+    bus: Bus, c: str, *, max_trials: int = 20, baseline_params: bool = True, task: Task = TASK, arm: str = "lineage"
+) -> None:
     """CampaignStarted with the task's bundle, then the baseline trial."""
-    ref = await bus.put_object(f"{c}-bundle", TASK.bundle())
-    spec = TASK.spec
+    bundle = task.bundle()
+    ref = await bus.put_object(f"{c}-bundle", bundle)
+    spec = task.spec
     started = CampaignStarted(
         event_id=f"{c}-started",
         campaign_id=c,
@@ -30,9 +33,10 @@ async def start_campaign(bus: Bus, c: str, *, max_trials: int = 20, baseline_par
         max_trials=max_trials,
         bundle=ref,
         noise=spec.noise,
+        arm=arm,
     )
     await bus.publish(started)
-    params = BASELINE_PARAMS if baseline_params else {}
+    params = knob_values(bundle_files(bundle), spec.knobs) if baseline_params else {}
     await propose(bus, c, "baseline", None, "", params=params, specialist="baseline")
 
 
