@@ -13,10 +13,7 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +22,7 @@ from pathlib import Path
 
 from agents.arms import ARMS, roster
 from bus.connection import Bus
-from bus.server import start_server, wait_reachable, write_config
+from bus.local import LocalServer, Roles
 from bus.settings import load_settings
 from evaluators.campaign import stop_campaign
 from evaluators.spec import load_task
@@ -63,70 +60,13 @@ class Run:
         return (self.improvement_pct if self.direction == "max" else -self.improvement_pct) + 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Processes:
-    """arx roles as child processes of one run, each with its log file."""
-
-    def __init__(self, env: dict[str, str], root: Path):
-        self.env = env
-        self.root = root
-        self.logs = root / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def command(self, *args: str, timeout: float = 120) -> str:
-        """Run one arx command to completion; its stdout, or RuntimeError with its stderr."""
-        done = subprocess.run(
-            [sys.executable, "-m", "arx", *args],
-            env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"arx {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
-        return done.stdout
-
-    def start(self, name: str, *args: str) -> None:
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "arx", *args],
-                env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-
-    def failed(self) -> list[str]:
-        """Processes that exited with an error (an agent exits 0 once its campaign stops)."""
-        return [name for name, proc in self.procs.items() if proc.poll() not in (None, 0)]
-
-    def log_tail(self, name: str, chars: int = 2000) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-chars:]
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def run_one(task_name: str, arm: str, seed: int, *, trials: int, executors: int, root: Path, timeout_s: float) -> Run:
     """One campaign on a cluster of its own, from start to stop (or to timeout_s)."""
-    root.mkdir(parents=True)
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    write_config(root / "nats.conf", port=port, store_dir=root / "store", sync_interval="2m")
-    server = start_server(root / "nats.conf", root / "nats.log")
+    server = LocalServer(root / "nats").start()
     procs = None
     try:
-        wait_reachable(url)
-        env = {**os.environ, "NATS_URL": url, "ARX_HOME": str(root / "home")}
-        procs = Processes(env, root)
+        env = {**os.environ, "NATS_URL": server.url, "ARX_HOME": str(root / "home")}
+        procs = Roles(env, root / "logs", cwd=root)
         procs.start("evaluator", "evaluator", "--name", "evaluator-1")
         for i in range(1, executors + 1):
             procs.start(f"executor-{i}", "executor", "--name", f"executor-{i}")
@@ -157,12 +97,11 @@ def run_one(task_name: str, arm: str, seed: int, *, trials: int, executors: int,
         )
     finally:
         if procs is not None:
-            procs.stop_all()
+            procs.stop_all(timeout=STOP_TIMEOUT_S)
         server.kill()
-        server.wait()
 
 
-async def _wait_stopped(settings, campaign: str, procs: Processes, timeout_s: float) -> tuple[dict, bool]:
+async def _wait_stopped(settings, campaign: str, procs: Roles, timeout_s: float) -> tuple[dict, bool]:
     """The campaign's summary once it stopped with nothing in flight; stopped by hand after timeout_s."""
     deadline = time.monotonic() + timeout_s
     async with await Bus.connect(settings, name="arx-bench") as bus:
@@ -173,7 +112,7 @@ async def _wait_stopped(settings, campaign: str, procs: Processes, timeout_s: fl
             if summary is not None and summary["stopped"] and summary["in_flight"] == 0:
                 return summary, True
             if failed := procs.failed():
-                raise RuntimeError(f"{failed[0]} exited with an error: {procs.log_tail(failed[0])}")
+                raise RuntimeError(f"{failed[0]} exited with an error: {procs.log(failed[0])[-2000:]}")
             if time.monotonic() > deadline:
                 if summary is None:
                     raise RuntimeError(f"campaign {campaign} did not start within {timeout_s:.0f}s")

@@ -3,54 +3,23 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
-from bus.server import start_server, wait_reachable, write_config
+from bus.local import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_RUNS = ROOT.parent / "shared" / "seed-runs"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class NatsServer:
-    """A real nats-server that a test can kill and restart on the same port and store."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.config = root / "nats.conf"
-        write_config(self.config, port=self.port, store_dir=root / "store", sync_interval="2m")
-        self.proc = None
-
-    def start(self) -> None:
-        self.proc = start_server(self.config, self.root / "nats.log")
-        wait_reachable(self.url)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture
 def nats_server(tmp_path):
     """A fresh server per test (it starts in well under a second): no state leaks between tests."""
-    root = tmp_path / "nats"
-    root.mkdir()
-    server = NatsServer(root)
-    server.start()
+    server = LocalServer(tmp_path / "nats").start()
     yield server
-    if server.proc.poll() is None:
-        server.kill()
+    server.kill()
 
 
 @pytest.fixture

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from cluster import ROOT, Cluster
-from conftest import free_port
+from bus.local import free_port
 
 
 def test_campaign_runs_end_to_end_and_scores_every_trial(arx_env, tmp_path):

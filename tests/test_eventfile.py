@@ -11,7 +11,8 @@ from bus.connection import Bus
 from bus.eventfile import ImportReport, export_campaign, import_file, iter_file
 from bus.events import CampaignStarted, ObjectRef, TrialProposed, TrialScored, encode
 from bus.settings import load_settings
-from conftest import SEED_RUNS, NatsServer
+from bus.local import LocalServer
+from conftest import SEED_RUNS
 from projections.lineage import Lineage
 from projections.seedruns import publish_events, tsv_events, write_events
 
@@ -51,7 +52,7 @@ def test_export_import_round_trip_into_a_fresh_server(arx_env, tmp_path):
     arm_on = tsv_events(ARM_ON, "arm-on").events[:20]
     path = tmp_path / "arm-off.jsonl"
     (tmp_path / "nats-fresh").mkdir()
-    fresh = NatsServer(tmp_path / "nats-fresh")
+    fresh = LocalServer(tmp_path / "nats-fresh")
     fresh.start()
 
     async def run():

@@ -1,0 +1,106 @@
+"""A private arx cluster on this host: its own nats-server and arx roles as separate OS processes.
+
+Benchmarks and tests use it to run the real loop in isolation (a temporary store on a free port).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from bus.server import start_server, wait_reachable, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalServer:
+    """A nats-server with its store under root, which can be killed and started again on the same port."""
+
+    def __init__(self, root: Path, *, sync_interval: str = "2m"):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.config = root / "nats.conf"
+        write_config(self.config, port=self.port, store_dir=root / "store", sync_interval=sync_interval)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "LocalServer":
+        self.proc = start_server(self.config, self.root / "nats.log")
+        wait_reachable(self.url)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Roles:
+    """arx commands and long-running roles run with one environment, each role's output in logs/."""
+
+    def __init__(self, env: dict[str, str], logs: Path, *, cwd: Path = ROOT):
+        self.env = env
+        self.logs = logs
+        self.cwd = cwd
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _argv(self, args: tuple[str, ...]) -> list[str]:
+        return [sys.executable, str(ROOT / "arx.py"), *args]
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run one arx command to completion."""
+        return subprocess.run(
+            self._argv(args), env=self.env, cwd=self.cwd, capture_output=True, text=True, timeout=timeout
+        )
+
+    def command(self, *args: str, timeout: float = 120) -> str:
+        """Run one arx command; its stdout, or RuntimeError with its stderr."""
+        done = self.run(*args, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"arx {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+        return done.stdout
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        """Start a long-running role in the background."""
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                self._argv(args), env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def failed(self) -> list[str]:
+        """Roles that exited with an error (an agent exits 0 once its campaign stops)."""
+        return [name for name, proc in self.procs.items() if proc.poll() not in (None, 0)]
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self, timeout: float = 15) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
