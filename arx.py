@@ -11,11 +11,12 @@ COMMANDS = {
     "server": ("bus.cli", "serve", "start the embedded nats-server if none answers at NATS_URL"),
     "campaign": ("evaluators.campaign", "cli", "start or stop a campaign"),
     "task": ("evaluators.campaign", "cli_task", "list the tasks, or show one task's spec"),
+    "noise": ("evaluators.noise", "cli", "measure a task's score noise: repeated runs of its starting recipe"),
     "watch": ("projections.watch", "cli", "follow a campaign with a progress bar until it stops"),
     "executor": ("executors.worker", "cli", "run trials from the shared executor queue"),
     "evaluator": ("evaluators.worker", "cli", "score finished trials and label their outcomes"),
     "projector": ("projections.projector", "cli_follow", "fold the event log into lineage.db, continuously"),
-    "replay": ("projections.projector", "cli_replay", "rebuild lineage.db from the log into a fresh file"),
+    "replay": ("projections.projector", "cli_replay", "rebuild lineage.db from the log (or a file) into a fresh file"),
     "agent": ("agents.cli", "cli", "run one specialist agent"),
     "status": ("projections.status", "cli", "show a campaign: labels, incumbent, improvement, last trials"),
     "bench": ("agents.bench", "cli", "benchmarks: `arx bench research` runs campaigns per control arm and seed"),
@@ -47,12 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--trials", type=_positive_int, default=30)
     start.add_argument("--campaign", help="campaign id (default: <task>-<timestamp>)")
     start.add_argument("--arm", default="lineage", choices=["lineage", "no-lineage", "generalist", "generic"])
-    start.add_argument("--noise", type=float, help="relative noise floor (default: the task's)")
+    noise = start.add_mutually_exclusive_group()
+    noise.add_argument("--noise", type=float, help="relative noise floor (default: the task's)")
+    noise.add_argument("--measure-noise", type=_at_least_two, metavar="RUNS",
+                       help="measure the noise floor first, over this many runs of the starting recipe")
     running = campaign_sub.add_parser("running", help="print the id of the latest campaign still running")
     running.add_argument("--task", help="only campaigns of this task")
     stop = campaign_sub.add_parser("stop", help="publish CampaignStopped")
     stop.add_argument("--campaign", required=True)
     stop.add_argument("--reason", default="stopped by user")
+
+    noise_cmd = sub.add_parser("noise", help=helps["noise"])
+    noise_cmd.add_argument("--task", required=True)
+    noise_cmd.add_argument("--runs", type=_at_least_two, default=5)
+    noise_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
 
     task = sub.add_parser("task", help=helps["task"])
     task.add_argument("name", nargs="?", help="a task name (omit to list them)")
@@ -64,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     executor = sub.add_parser("executor", help=helps["executor"])
     executor.add_argument("--name", help="executor name (default: executor-<host>-<pid>)")
+    executor.add_argument(
+        "--devices", default="cpu",
+        help="cpu (default), auto (CUDA_VISIBLE_DEVICES or nvidia-smi), or GPUs like cuda:0,cuda:1: "
+        "the executor takes only trials whose task's requirements these meet",
+    )
 
     evaluator = sub.add_parser("evaluator", help=helps["evaluator"])
     evaluator.add_argument("--name", help="evaluator name (default: evaluator-<host>-<pid>)")
@@ -73,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help=helps["replay"])
     replay.add_argument("--db", help="lineage database to replace (default: $ARX_HOME/lineage.db)")
+    replay.add_argument("--from-file", metavar="FILE", help="rebuild from this event file instead of the stream")
 
     agent = sub.add_parser("agent", help=helps["agent"])
     agent.add_argument("--policy", default="tpe", choices=["tpe", "llm", "catalog", "combiner", "repair"])
@@ -125,14 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
     return value
+
+
+def _at_least_two(text: str) -> int:
+    """A count of runs to measure a spread over."""
+    return _positive_int(text, least=2)
 
 
 def main(argv: list[str] | None = None) -> int:

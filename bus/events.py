@@ -29,6 +29,7 @@ LABELS = (
     "harness_abort",
 )
 FAILURE_LABELS = frozenset(LABELS) - {"keep", "discard", "within_noise"}
+PREFLIGHT_STAGE = "preflight"  # TrialFinished.stage of a trial its preflight stopped before the full run
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -163,10 +164,12 @@ class TrialStarted(_TrialEvent):
 
     executor: str
     attempt: int = 1
+    # The devices the executor runs the trial on, e.g. ["cuda:0", "cuda:1"]; empty: CPUs only.
+    devices: list[str] = []
 
 
-class TrialFinished(_TrialEvent):
-    """What the executor saw from outside the recipe. Never a score."""
+class _RunFinished(_TrialEvent):
+    """What the executor saw from outside the recipe when it ran a trial's tree. Never a score."""
 
     verb: ClassVar[str] = "finished"
 
@@ -183,6 +186,49 @@ class TrialFinished(_TrialEvent):
     log_tail: str = ""
     log: ObjectRef | None = None
     artifact: ObjectRef | None = None
+    # "" for the full run; PREFLIGHT_STAGE when a preflight check stopped the trial before it.
+    stage: str = ""
+    # Measured from outside by the preflight, e.g. the projected artifact size against a size cap.
+    measured: dict[str, float] = {}
+    # The executor limit whose watchdog ended the run, other than the wall clock (timed_out): "disk_mb".
+    killed_by: str | None = None
+    # The most the run dir (with the log) held at one sample, in MB.
+    disk_mb: float = 0.0
+    # The walls the run had beyond rlimits: "fence" (the audit hook), "net" and "pid" (namespaces).
+    isolation: list[str] = []
+
+
+class TrialFinished(_RunFinished):
+    """The trial's run, or the preflight check that stopped it (stage PREFLIGHT_STAGE)."""
+
+
+class TrialConfirmationRequested(_TrialEvent):
+    """The evaluator asks to run the candidate (trial_id) and the incumbent again, interleaved in the
+    order of `runs`, because the candidate beat the incumbent by a margin within a few noise widths.
+    One executor runs the whole sequence, so every run is timed on the same host; each run is a
+    ReplicateFinished. The trial's one outcome follows once the evaluator has them all."""
+
+    verb: ClassVar[str] = "confirm"
+
+    incumbent_id: str
+    runs: list[str]  # whose tree each run uses, in run order
+
+
+class ReplicateFinished(_RunFinished, kw_only=True):
+    """One confirmation run of trial_id's tree, measured like a trial's run. Not a trial: no outcome."""
+
+    aggregate: ClassVar[str] = "replicate"
+
+    confirm_of: str
+    index: int
+
+    @property
+    def aggregate_id(self) -> str:
+        return replicate_id(self.confirm_of, self.index)
+
+
+def replicate_id(confirm_of: str, index: int) -> str:
+    return f"{confirm_of}-r{index}"
 
 
 class _TrialOutcome(_TrialEvent):
@@ -221,6 +267,8 @@ AnyEvent = Union[
     TrialScored,
     TrialRejected,
     TrialAbandoned,
+    TrialConfirmationRequested,
+    ReplicateFinished,
 ]
 EVENT_TYPES = {cls.__name__: cls for cls in AnyEvent.__args__}
 OUTCOME_TYPES = (TrialScored, TrialRejected, TrialAbandoned)
@@ -254,6 +302,7 @@ def _schema_version(cls: type[Event]) -> int:
 
 
 SCHEMA_VERSIONS = {name: _schema_version(cls) for name, cls in EVENT_TYPES.items()}
+_CURRENT_SCHEMA = {cls: SCHEMA_VERSIONS[name] for name, cls in EVENT_TYPES.items()}
 
 
 def encode(event: Event) -> bytes:
@@ -262,6 +311,12 @@ def encode(event: Event) -> bytes:
 
 def decode(data: bytes) -> Event:
     """Decode one wire message. Raises msgspec.DecodeError (corrupt) or UnknownEvent (new type or schema)."""
+    try:
+        event = _decoder.decode(data)
+        if event.schema == _CURRENT_SCHEMA[type(event)]:
+            return event  # the common case, decoded once; the envelope sorts out every other
+    except msgspec.DecodeError:
+        pass
     head = _envelope.decode(data)
     if head.type not in EVENT_TYPES:
         raise UnknownEvent(head.type)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import sys
 
 import msgspec
 
@@ -68,6 +69,16 @@ async def start_campaign(
     return started
 
 
+async def measured_noise(task: Task, runs: int) -> float:
+    """The noise floor measured on the starting recipe (the report goes to stderr: stdout is the id)."""
+    from evaluators.noise import measure_noise
+
+    report = await measure_noise(task, runs, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    noise = report.stats.relative_std  # raises when a run gave no score: no campaign on a broken baseline
+    print(report.render(), file=sys.stderr, flush=True)
+    return noise
+
+
 async def stop_campaign(bus: Bus, campaign_id: str, reason: str) -> bool:
     return await bus.publish(
         CampaignStopped(
@@ -99,7 +110,10 @@ async def _main(args) -> None:
         elif args.action == "start":
             task = load_task(args.task)
             campaign_id = args.campaign or default_campaign_id(task.name)
-            await start_campaign(bus, task, campaign_id=campaign_id, trials=args.trials, arm=args.arm, noise=args.noise)
+            noise = args.noise
+            if args.measure_noise:
+                noise = await measured_noise(task, args.measure_noise)
+            await start_campaign(bus, task, campaign_id=campaign_id, trials=args.trials, arm=args.arm, noise=noise)
             print(campaign_id)
         else:
             check_token("campaign", args.campaign)

@@ -2,7 +2,8 @@
 
 Started by evaluators.sandbox as `python -I -B sandbox_child.py TASK_PY IO_DIR [MODULE ...]`: it imports
 the task module and MODULEs (the slow part, done before any job arrives), says "ready" on stdout, reads
-one job line from stdin, runs predict() behind an audit-hook fence and answers with one JSON line.
+one job line from stdin, runs predict() behind an audit-hook fence (executors/fence.py) and answers
+with one JSON line.
 Until the fence goes up only trusted code runs here (this file, the task module, the preloaded packages).
 """
 
@@ -12,70 +13,15 @@ import importlib
 import importlib.util
 import json
 import os
-import site
 import sys
-import sysconfig
 import traceback
 from pathlib import Path
 
 import numpy as np
 
-# Files of the Python installation that code may load; anything else there (such as scikit-learn's
-# bundled data sets, labels included) stays closed.
-CODE_SUFFIXES = (".py", ".pyc", ".so")
+from executors.fence import CODE_SUFFIXES, Fence, bundled_data, python_roots
+
 ERROR_CHARS = 20_000  # the end of a traceback holds the frames that matter
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-REFUSED_EVENTS = frozenset({
-    "socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg", "socket.getaddrinfo",
-    "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-    "os.kill", "os.killpg", "signal.pthread_kill", "os.symlink", "os.link",
-    "ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function",
-})
-
-
-class Fence:
-    """An audit hook that confines file access and refuses network, processes and native calls.
-
-    It guards against a model reading the held-out labels or reaching out, not against a determined
-    attacker (Python audit hooks are not a security boundary); the process, its rlimits and its
-    scrubbed environment are the outer wall.
-    """
-
-    def __init__(self, writable: list[Path], code_roots: list[Path]):
-        self.writable = tuple(os.path.realpath(p) for p in writable)
-        self.code_roots = tuple(sorted({os.path.realpath(p) for p in code_roots}))
-
-    def __call__(self, event: str, args: tuple) -> None:
-        if event == "open":
-            self.check_open(*args[:3])
-        elif event in REFUSED_EVENTS:
-            raise PermissionError(f"sandbox: {event} is not allowed during evaluation")
-
-    def check_open(self, path, mode, flags) -> None:
-        if isinstance(path, int):
-            return  # an already-open descriptor: nothing new is reached
-        real = os.path.realpath(os.fsdecode(path))
-        if real == os.devnull:
-            return
-        if os.path.isdir(real):
-            raise PermissionError(f"sandbox: opening the directory {real} is not allowed")
-        if _inside(real, self.writable):
-            return
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE_FLAGS)
-        if not writing and real.endswith(CODE_SUFFIXES) and _inside(real, self.code_roots):
-            return
-        raise PermissionError(f"sandbox: open of {real} is not allowed during evaluation")
-
-
-def _inside(path: str, roots: tuple[str, ...]) -> bool:
-    return any(path == root or path.startswith(root + os.sep) for root in roots)
-
-
-def python_roots() -> list[Path]:
-    """Where the interpreter and installed packages live."""
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages()}
-    roots.update(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
-    return [Path(root) for root in roots]
 
 
 def load_task_module(path: Path):
@@ -88,7 +34,12 @@ def load_task_module(path: Path):
 def run_job(module, artifact_dir: Path, io_dir: Path) -> dict:
     with np.load(io_dir / "inputs.npz", allow_pickle=False) as data:
         inputs = {key: data[key] for key in data.files}
-    sys.addaudithook(Fence([artifact_dir, io_dir], python_roots() + [Path(module.__file__).parent]))
+    # Model code may load code from the Python installation and the task's folder, and nothing else
+    # there: not scikit-learn's data sets (labels included) nor the text the held-out items come from.
+    roots = python_roots()
+    fence = Fence(writable=[artifact_dir, io_dir], readable=[*roots, Path(module.__file__).parent],
+                  sealed=bundled_data(roots), read_suffixes=CODE_SUFFIXES)
+    sys.addaudithook(fence.hook)
     try:
         outputs = module.predict(artifact_dir, inputs)
         if not isinstance(outputs, dict):

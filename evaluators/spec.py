@@ -23,6 +23,9 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 GATE_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 KNOB_EFFECTS = ("size", "time", "capacity")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
+SCORED_FROM = ("artifact", "log")
+DEVICE_CLASSES = ("cuda",)  # what a task may require beyond CPUs; executors advertise which they have
+RECIPE_FROM_ENV = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 
 
 class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -30,6 +33,8 @@ class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eval_s: float
     memory_mb: int = 4096
     file_mb: int = 64
+    # What the run dir (with the log) may hold on disk; the executor kills the run above it.
+    disk_mb: int = 512
 
 
 class Gate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -116,6 +121,18 @@ class Transform(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"transform {self.name}: params {unused} are used nowhere")
 
 
+class Preflight(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A short smoke run of an edited recipe before its full run (executors/preflight.py): `command`
+    (empty: the task's own) runs with ARX_SMOKE=1 set, which the recipe reads to train a step or two."""
+
+    command: list[str] = []
+    budget_s: float = 20.0
+
+    def __post_init__(self):
+        if self.budget_s <= 0:
+            raise ValueError(f"preflight.budget_s must be positive, not {self.budget_s}")
+
+
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     description: str
@@ -131,10 +148,34 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     noise: float = 0.0
     exclusive_cores: int = 0
     transforms: list[Transform] = []
+    preflight: Preflight | None = None
+    # Where the starting recipe lives: "" for the task's recipe/ folder, "env:VAR" for the folder the
+    # environment variable VAR names (a user's checkout of an official repository).
+    recipe_source: str = ""
+    # Globs, relative to the recipe folder, of the files a campaign bundles; empty for every file.
+    include: list[str] = []
+    # "artifact": the evaluator scores the run's artifact itself. "log": task.py's parse_log(text) reads
+    # the metrics from the log the executor captured (official tasks, whose log is the official output).
+    scored_from: str = "artifact"
+    # Device classes a trial needs, e.g. ["cuda"]: only executors that have them take its trials.
+    requires: list[str] = []
+    # The recipe may start processes and use sockets (torchrun, torch.compile's compilers); its network
+    # namespace, where the host has one, still reaches nothing but its own loopback.
+    allow_subprocess: bool = False
 
     def __post_init__(self):
         if self.direction not in ("min", "max"):
             raise ValueError(f"direction must be 'min' or 'max', not {self.direction!r}")
+        if self.scored_from not in SCORED_FROM:
+            raise ValueError(f"scored_from must be one of {SCORED_FROM}, not {self.scored_from!r}")
+        if self.recipe_source and not RECIPE_FROM_ENV.match(self.recipe_source):
+            raise ValueError(f"recipe_source must be '' or 'env:VARIABLE', not {self.recipe_source!r}")
+        for pattern in self.include:
+            if not pattern or pattern.startswith("/") or ".." in pattern.split("/"):
+                raise ValueError(f"include: {pattern!r} must be a glob relative to the recipe folder")
+        unknown = sorted(set(self.requires) - set(DEVICE_CLASSES))
+        if unknown:
+            raise ValueError(f"requires: unknown device classes {unknown} (known: {list(DEVICE_CLASSES)})")
         if not self.command:
             raise ValueError("command must not be empty")
         names = [s.name for s in self.surfaces]
@@ -167,9 +208,21 @@ class Task:
     def __init__(self, folder: Path):
         self.folder = folder
         self.spec = load_spec(folder / "task.toml")
-        self.recipe_dir = folder / "recipe"
-        if not self.recipe_dir.is_dir():
+        if not self.spec.recipe_source and not self.recipe_dir.is_dir():
             raise ValueError(f"task {self.spec.name}: missing recipe/ folder in {folder}")
+
+    @property
+    def recipe_dir(self) -> Path:
+        """The starting recipe: the task's recipe/ folder, or the checkout its recipe_source names.
+        Looked up when needed, so hosts that never bundle the recipe need no checkout."""
+        match = RECIPE_FROM_ENV.match(self.spec.recipe_source)
+        if match is None:
+            return self.folder / "recipe"
+        variable = match.group(1)
+        value = os.environ.get(variable, "")
+        if not value or not Path(value).expanduser().is_dir():
+            raise ValueError(f"task {self.spec.name}: set {variable} to the folder of your checkout (it is {value!r})")
+        return Path(value).expanduser()
 
     @property
     def name(self) -> str:
@@ -184,18 +237,17 @@ class Task:
         return module
 
     def bundle(self) -> bytes:
-        """The starting recipe as a deterministic tar.gz."""
-        return pack_folder(self.recipe_dir)
+        """The starting recipe (the files its include globs match) as a deterministic tar.gz."""
+        return pack_folder(self.recipe_dir, self.spec.include)
 
 
-def pack_folder(folder: Path) -> bytes:
-    """A folder as a deterministic tar.gz: sorted names, zeroed owners and times, no symlinks or caches."""
+def pack_folder(folder: Path, include: list[str] = ()) -> bytes:
+    """A folder as a deterministic tar.gz: sorted names, zeroed owners and times, no symlinks or caches.
+    With include, only the files those globs match; a glob that matches none is an error."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        for path in _packed_files(folder, include):
             rel = path.relative_to(folder)
-            if "__pycache__" in rel.parts:
-                continue
             info = tar.gettarinfo(str(path), arcname=str(rel))
             info.uid = info.gid = 0
             info.uname = info.gname = ""
@@ -203,6 +255,16 @@ def pack_folder(folder: Path) -> bytes:
             with open(path, "rb") as handle:
                 tar.addfile(info, handle)
     return gzip.compress(buffer.getvalue(), mtime=0)
+
+
+def _packed_files(folder: Path, include: list[str]) -> list[Path]:
+    found = set()
+    for pattern in include or ["**/*"]:
+        matched = {p for p in folder.glob(pattern) if p.is_file() and not p.is_symlink()}
+        if include and not matched:
+            raise ValueError(f"include: {pattern!r} matches no file in {folder}")
+        found |= matched
+    return sorted(p for p in found if "__pycache__" not in p.relative_to(folder).parts)
 
 
 def load_spec(path: Path) -> TaskSpec:

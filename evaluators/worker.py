@@ -33,15 +33,19 @@ from bus.events import (
     CampaignStopped,
     Event,
     Evidence,
+    ReplicateFinished,
     TrialAbandoned,
+    TrialConfirmationRequested,
     TrialFinished,
     TrialScored,
     UnknownEvent,
+    _RunFinished,
     decode,
+    replicate_id,
 )
 from evaluators import labels
 from evaluators.sandbox import SandboxPool, SandboxResult
-from evaluators.spec import Task, load_task
+from evaluators.spec import Task, TaskSpec, load_task
 from evaluators.unpack import UnsafeArtifact, unpack_artifact
 from projections import views
 from projections.follow import LiveLineage, catch_up
@@ -53,6 +57,16 @@ FINISHED = "arx.ev.*.trial.*.finished"
 # How long the background lineage may lag behind a delivered message before we read the log ourselves.
 LINEAGE_LAG_S = 5.0
 CAMPAIGN_CHECK_S = 5.0
+RERUN_POLL_S = 0.5
+# A confirmation's reruns wait in the executors' queue behind up to this many runs' worth of trials.
+CONFIRM_QUEUE_RUNS = 10
+RUN_OVERHEAD_S = 30.0  # per run: materialize, prepare, upload
+
+
+def confirmation_timeout(spec: TaskSpec, runs: int) -> float:
+    """How long a candidate may wait for its reruns before it is left unconfirmed."""
+    per_run = spec.budgets.train_s + spec.budgets.eval_s + RUN_OVERHEAD_S
+    return (runs + CONFIRM_QUEUE_RUNS) * per_run
 
 
 def outcome_id(trial_id: str) -> str:
@@ -73,6 +87,21 @@ def to_evaluation(task: Task, result: SandboxResult, targets, artifact_dir: Path
     except Exception:  # outputs the task cannot score are the model's failure
         return labels.Evaluation(failed="evaluate", error=traceback.format_exc(), wall_s=result.wall_s)
     return labels.Evaluation(metrics=metrics, wall_s=result.wall_s)
+
+
+async def evaluate_artifact(pool: SandboxPool, task: Task, data: bytes, inputs, targets, *, name: str
+                            ) -> labels.Evaluation:
+    """Unpack a packed artifact (refusing unsafe members) and score it in the task's sandbox."""
+    artifact_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=pool.root))
+    try:
+        try:
+            await asyncio.to_thread(unpack_artifact, data, artifact_dir)
+        except UnsafeArtifact as exc:
+            return labels.Evaluation(failed="artifact", error=str(exc))
+        result = await pool.run(task, artifact_dir, inputs)
+        return to_evaluation(task, result, targets, artifact_dir)
+    finally:
+        shutil.rmtree(artifact_dir, ignore_errors=True)
 
 
 class Evaluator:
@@ -190,12 +219,14 @@ class Evaluator:
         if campaign is None:
             raise LookupError(f"campaign {finished.campaign_id} has no CampaignStarted in the log")
         task = self.task(campaign["task"])
-        evaluation = None if labels.training_failed(finished) else await self.evaluate(task, finished)
+        evaluation = await self.evaluate(task, finished) if labels.scorable(finished) else None
         # Outcomes written since the trial finished may have moved the incumbent.
         await self._caught_up(await self.bus.last_seq())
         incumbent = views.incumbent(self.live.lineage, finished.campaign_id, task.spec.direction)
         noise = campaign["noise"] or 0.0
         verdict = labels.label(finished, task.spec, evaluation, incumbent, noise)
+        if verdict.label == "keep" and labels.needs_confirmation(task.spec, verdict.score, incumbent, noise):
+            verdict = await self.confirm(task, finished, verdict, incumbent.trial_id, noise)
         metrics = evaluation.metrics if evaluation else {}
         return TrialScored(
             event_id=outcome_id(finished.trial_id), campaign_id=finished.campaign_id, producer=self.name,
@@ -204,9 +235,40 @@ class Evaluator:
             # JSON has no NaN: a non-finite metric would make the event unreadable.
             metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             incumbent_id=incumbent.trial_id if incumbent else None,
-            incumbent_score=incumbent.score if incumbent else None,
+            incumbent_score=verdict.incumbent_score if verdict.incumbent_score is not None
+            else incumbent.score if incumbent else None,
             noise=noise,
         )
+
+    async def confirm(self, task: Task, finished: TrialFinished, first: labels.Verdict, incumbent_id: str,
+                      noise: float) -> labels.Verdict:
+        """Ask the executors to rerun the candidate and the incumbent interleaved, then judge the reruns."""
+        c, candidate = finished.campaign_id, finished.trial_id
+        request = TrialConfirmationRequested(
+            event_id=f"{c}-{candidate}-confirm", campaign_id=c, producer=self.name, causation_id=finished.event_id,
+            trial_id=candidate, incumbent_id=incumbent_id, runs=labels.confirmation_runs(candidate, incumbent_id),
+        )
+        await self.bus.publish(request, first_writer=True)
+        # For a redelivered trial, the reruns asked for the first time are the ones that count.
+        request = await self.bus.last_event(request.subject)
+        timeout = confirmation_timeout(task.spec, len(request.runs))
+        deadline = time.monotonic() + timeout
+        runs = []
+        for index, trial_id in enumerate(request.runs):
+            rerun = await self._rerun(c, candidate, index, deadline)
+            if rerun is None:
+                return labels.unconfirmed(first, f"rerun {index} did not finish within {timeout:.0f}s")
+            evaluation = await self.evaluate(task, rerun) if labels.scorable(rerun) else None
+            runs.append((trial_id, labels.judge(rerun, task.spec, evaluation)))
+        return labels.confirm(task.spec, first, runs, candidate, request.incumbent_id, noise)
+
+    async def _rerun(self, c: str, candidate: str, index: int, deadline: float) -> ReplicateFinished | None:
+        subject = f"arx.ev.{c}.replicate.{replicate_id(candidate, index)}.finished"
+        while (rerun := await self.bus.last_event(subject)) is None:
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(RERUN_POLL_S)
+        return rerun
 
     def task(self, name: str) -> Task:
         if name not in self._tasks:
@@ -226,7 +288,7 @@ class Evaluator:
             self._heldout.pop(task.name, None)  # try again for the next trial
             raise
 
-    async def evaluate(self, task: Task, finished: TrialFinished) -> labels.Evaluation:
+    async def evaluate(self, task: Task, finished: _RunFinished) -> labels.Evaluation:
         if finished.artifact is None:
             return labels.Evaluation(failed="artifact", error="the run produced no artifact")
         try:
@@ -234,16 +296,7 @@ class Evaluator:
         except (NotFoundError, ValueError) as exc:
             return labels.Evaluation(failed="artifact", error=f"artifact {finished.artifact.name}: {exc}")
         inputs, targets = await self.heldout(task)
-        artifact_dir = Path(tempfile.mkdtemp(prefix=f"{finished.trial_id}-", dir=self.pool.root))
-        try:
-            try:
-                await asyncio.to_thread(unpack_artifact, data, artifact_dir)
-            except UnsafeArtifact as exc:
-                return labels.Evaluation(failed="artifact", error=str(exc))
-            result = await self.pool.run(task, artifact_dir, inputs)
-            return to_evaluation(task, result, targets, artifact_dir)
-        finally:
-            shutil.rmtree(artifact_dir, ignore_errors=True)
+        return await evaluate_artifact(self.pool, task, data, inputs, targets, name=finished.trial_id)
 
     # -- campaigns ----------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ WARMUP_STEPS = 20
 WARMDOWN_FRACTION = 0.3
 GRAD_CLIP = 1.0
 SEED = 0
+# The executor's preflight sets ARX_SMOKE: a short run that shows a crash before the full one.
+if os.environ.get("ARX_SMOKE"):
+    ITERATIONS, TRAIN_SECONDS = 2, 5.0
 
 DATA = Path("data/train.bin")
 OUT = Path(os.environ.get("ARX_ARTIFACT_DIR", "artifact"))

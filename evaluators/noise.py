@@ -1,0 +1,159 @@
+"""`arx noise`: how much a task's score moves between identical runs of its starting recipe.
+
+Each run goes the way a trial's does, minus the bus: the campaign bundle unpacked into a fresh run dir,
+the task's prepare(), the recipe run by executors.worker.run_recipe (the trial's limits, and for a timed
+task the host's core lock and pinning), the artifact scored in the evaluator's sandbox, and the score
+picked the way the evaluator picks it (labels.judge): wall_s for digits-speedrun, val_bpb for golf-mini.
+The standard deviation of the scores over their median is the relative noise floor a campaign records
+(CampaignStarted.noise) and the evaluator's keep rule uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bus.events import TrialFinished
+from bus.settings import load_settings
+from evaluators import labels
+from evaluators.sandbox import SandboxPool
+from evaluators.spec import Task, load_task, pack_folder
+from evaluators.unpack import unpack_artifact
+from evaluators.worker import evaluate_artifact
+from executors.sandbox import Limits
+from executors.worker import log_tail, run_recipe
+
+
+@dataclass(frozen=True)
+class NoiseStats:
+    runs: int
+    median: float
+    mean: float
+    std: float  # sample standard deviation
+    relative_std: float  # std / |median|: the noise floor
+    spread: float  # (max - min) / |median|
+
+
+def noise_stats(scores: Sequence[float]) -> NoiseStats:
+    """The spread of repeated scores, relative to their median (the scale the keep rule uses)."""
+    if len(scores) < 2:
+        raise ValueError(f"measuring noise needs at least 2 scores, not {len(scores)}")
+    median = statistics.median(scores)
+    if median == 0:
+        raise ValueError("the median score is 0: a noise relative to it is undefined")
+    std = statistics.stdev(scores)
+    return NoiseStats(
+        runs=len(scores), median=median, mean=statistics.fmean(scores), std=std,
+        relative_std=std / abs(median), spread=(max(scores) - min(scores)) / abs(median),
+    )
+
+
+@dataclass(frozen=True)
+class NoiseReport:
+    task: str
+    score: str
+    prior: float  # the task spec's noise
+    scores: list[float]
+    failures: list[str]  # runs that gave no score: "run 2: crash: ..."
+    cpus: int
+    load_before: tuple[float, float, float]  # os.getloadavg(): how busy the machine was
+    load_after: tuple[float, float, float]
+
+    @property
+    def stats(self) -> NoiseStats:
+        """Raises ValueError when any run failed (a noise over the runs that happened to work would lie)."""
+        if self.failures:
+            raise ValueError(f"{len(self.failures)} of {len(self.scores) + len(self.failures)} runs gave no score: "
+                             + "; ".join(self.failures))
+        return noise_stats(self.scores)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "stats": asdict(self.stats)}
+
+    def render(self) -> str:
+        s = self.stats
+        load = " ".join(f"{x:.2f}" for x in self.load_before), " ".join(f"{x:.2f}" for x in self.load_after)
+        return "\n".join([
+            f"{self.task}: {self.score} of the starting recipe over {s.runs} runs"
+            f" ({self.cpus} CPUs, load average {load[0]} before, {load[1]} after)",
+            "  scores: " + " ".join(f"{x:.6g}" for x in self.scores),
+            f"  median {s.median:.6g}  mean {s.mean:.6g}  std {s.std:.3g}"
+            f"  relative std {s.relative_std:.2%}  spread (max-min)/median {s.spread:.2%}",
+            f"noise floor {s.relative_std:.4f} (task prior {self.prior:g})",
+        ])
+
+
+async def measure_noise(task: Task, runs: int, *, home: Path | None = None,
+                        progress: Callable[[str], None] | None = None) -> NoiseReport:
+    """Run the task's starting recipe `runs` times, one after another, and score every run."""
+    if runs < 2:
+        raise ValueError(f"measuring noise needs at least 2 runs, not {runs}")
+    settings = load_settings()
+    home = Path(home or settings.home)
+    home.mkdir(parents=True, exist_ok=True)
+    spec, module = task.spec, task.module()
+    budgets = spec.budgets
+    limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb)
+    bundle = task.bundle()
+    inputs, targets = await asyncio.to_thread(module.heldout)
+    load_before = os.getloadavg()
+    scores, failures = [], []
+    work = Path(tempfile.mkdtemp(prefix=f"noise-{task.name}-", dir=home))
+    pool = SandboxPool(work)
+    try:
+        for run in range(runs):
+            run_dir = work / f"run-{run}"
+            run_dir.mkdir()
+            await asyncio.to_thread(unpack_artifact, bundle, run_dir)
+            await asyncio.to_thread(module.prepare, run_dir)
+            result = await asyncio.to_thread(run_recipe, spec, run_dir, limits, work / f"run-{run}.log", home=home)
+            finished = TrialFinished(
+                event_id=f"noise-run-{run}", campaign_id="noise", trial_id=f"run-{run}", executor="arx-noise",
+                exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out, wall_s=result.wall_s,
+                cpu_s=result.cpu_s, peak_rss_mb=result.peak_rss_mb,
+                limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb},
+                log_tail=log_tail(result.log, settings.log_tail_chars),
+            )
+            evaluation = None
+            if labels.scorable(finished):
+                artifact = run_dir / "artifact"
+                if artifact.is_dir():
+                    packed = await asyncio.to_thread(pack_folder, artifact)
+                    evaluation = await evaluate_artifact(pool, task, packed, inputs, targets, name=f"run-{run}")
+                else:
+                    evaluation = labels.Evaluation(failed="artifact", error="the run produced no artifact")
+            verdict = labels.judge(finished, spec, evaluation)
+            if verdict.label == labels.PASSED:
+                scores.append(verdict.score)
+                line = f"run {run}: {spec.score} {verdict.score:.6g}"
+            else:
+                failures.append(f"run {run}: {verdict.label}: {verdict.evidence.message}")
+                line = failures[-1]
+            if progress is not None:
+                progress(line)
+            await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
+    finally:
+        await pool.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return NoiseReport(task=task.name, score=spec.score, prior=spec.noise, scores=scores, failures=failures,
+                       cpus=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg())
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cli(args) -> int:
+    task = load_task(args.task)
+    report = asyncio.run(measure_noise(task, args.runs, progress=_stderr))
+    # A run without a score raises ValueError here: `arx` prints it as one line and exits 1.
+    print(json.dumps(report.to_dict()) if args.json else report.render())
+    return 0
