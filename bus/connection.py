@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import nats
 from nats.errors import TimeoutError as NatsTimeout
@@ -13,18 +12,12 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from bus.events import Event, ObjectRef, decode, encode
+from bus.pull_reader import PullReader, StoredMessage
 from bus.server import ensure_server
 from bus.settings import Settings, load_settings
 
 SUBJECTS = "arx.ev.>"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's answer when Nats-Expected-Last-Subject-Sequence does not hold
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    seq: int
-    subject: str
-    data: bytes
 
 
 class Bus:
@@ -122,7 +115,9 @@ class Bus:
     ) -> AsyncIterator[list[StoredMessage]]:
         """Yield the log in stream order, in batches, from start_seq.
 
-        Without follow, stops once it has read everything that was in the stream when it began.
+        Without follow, stops once it has read everything that was in the stream when it began. With
+        follow, reads on for as long as the caller iterates, and raises when the server goes away or
+        forgets the consumer (the caller reads again from its own checkpoint).
         """
         end = await self.last_seq()
         if not follow and end < start_seq:
@@ -134,32 +129,26 @@ class Bus:
             inactive_threshold=60.0,
             filter_subject=subject,
         )
-        sub = await self.js.pull_subscribe(subject, stream=self.settings.stream, config=config)
+        consumer = await self.js.add_consumer(self.settings.stream, config)
+        url = self.nc.connected_url
+        if url is None:
+            raise nats.errors.ConnectionClosedError()
+        reader = await PullReader.open(url)
         try:
-            while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=0.5)
-                except (NatsTimeout, asyncio.TimeoutError):  # nats-py 2.16 fetch raises both kinds
-                    if not follow and await self._consumer_done(sub):
-                        return
-                    continue
-                stored = [StoredMessage(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
+            async for stored in reader.pull(self.settings.stream, consumer.name, batch=batch, follow=follow, end=end):
                 yield stored
-                if not follow and (stored[-1].seq >= end or msgs[-1].metadata.num_pending == 0):
-                    return
         finally:
-            await sub.unsubscribe()
+            reader.close()
 
-    @staticmethod
-    async def _consumer_done(sub) -> bool:
-        info = await sub.consumer_info()
-        return info.num_pending == 0
+    async def durable(self, name: str, subject: str | list[str], *, max_deliver: int | None = None):
+        """A shared, load-balanced work queue: every process using `name` splits the messages.
 
-    async def durable(self, name: str, subject: str, *, max_deliver: int | None = None):
-        """A shared, load-balanced work queue: every process using `name` splits the messages."""
+        `subject` may be several subjects; an existing consumer of that name takes the new filter."""
+        several = not isinstance(subject, str)
         config = api.ConsumerConfig(
             durable_name=name,
-            filter_subject=subject,
+            filter_subject=None if several else subject,
+            filter_subjects=list(subject) if several else None,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.settings.ack_wait_s,
             max_deliver=max_deliver or self.settings.max_attempts + 1,

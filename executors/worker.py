@@ -1,7 +1,8 @@
 """`arx executor`: take proposed trials from the shared queue, run them, report what was measured.
 
-Every executor process on every host pulls from one durable consumer, so adding processes adds
-throughput, and a trial whose executor dies is redelivered. The executor measures from outside and
+Every executor process of a device class, on every host, pulls from that class's durable consumer,
+so adding processes adds throughput, a trial whose executor dies is redelivered, and a trial runs
+only where its task's devices are (executors/devices.py). The executor measures from outside and
 never scores: TrialFinished carries time, memory, exit status, the log and the artifact's reference.
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -25,10 +28,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from bus.connection import Bus
 from bus.events import (
     CampaignStarted,
+    PREFLIGHT_STAGE,
     CampaignStopped,
     Evidence,
-    ObjectRef,
+    ReplicateFinished,
     TrialAbandoned,
+    TrialConfirmationRequested,
     TrialFinished,
     TrialProposed,
     TrialRejected,
@@ -36,8 +41,11 @@ from bus.events import (
     UnknownEvent,
     check_token,
     decode,
+    replicate_id,
 )
 from evaluators.spec import Task, TaskSpec, load_task, pack_folder
+from executors import preflight
+from executors.devices import CPU, Devices, device_class, parse_devices
 from executors.edits import ANY_PATH, EditProblem, InvalidEdit, check_edit
 from executors.sandbox import Limits, RunResult, run_command
 from executors.trees import CampaignRepo, materialize
@@ -46,9 +54,15 @@ log = logging.getLogger("arx.executor")
 
 QUEUE = "executors"
 PROPOSALS = "arx.ev.*.trial.*.proposed"
+CONFIRMATIONS = "arx.ev.*.trial.*.confirm"  # the evaluator's requests to rerun trials (TrialConfirmationRequested)
 FETCH_TIMEOUT_S = 1.0  # also how long a set `stop` may wait to be noticed between trials
 ALL_PATHS = "*"
 BASELINE_SURFACE = "baseline"  # the campaign's first trial: the bundle as it is, no edit allowed
+
+
+def queue_name(device_kind: str) -> str:
+    """The durable consumer of one device class's executors ("executors" for CPUs, as it always was)."""
+    return QUEUE if device_kind == CPU else f"{QUEUE}-{device_kind}"
 
 
 def subject(campaign_id: str, aggregate: str, aggregate_id: str, verb: str) -> str:
@@ -82,6 +96,30 @@ def host_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def pinned_cores(count: int) -> tuple[int, ...]:
+    """The CPUs a timed trial is pinned to: the host's core lock makes them its own among timed trials."""
+    return tuple(sorted(os.sched_getaffinity(0))[-count:])
+
+
+def run_recipe(
+    spec: TaskSpec, run_dir: Path, limits: Limits, log_path: Path, *, home: Path, devices: Devices = Devices(),
+    command: list[str] | None = None, env: dict[str, str] | None = None,
+) -> RunResult:
+    """Run the task's command (or `command`, with `env` added) the way every trial runs, holding the host
+    locks it needs; `arx noise` runs the baseline this way too."""
+    # Timed trials on one host must not overlap, or each one's wall time measures the other; and
+    # a GPU runs one trial at a time, whichever executor on the host was given it.
+    with contextlib.ExitStack() as held:
+        if spec.exclusive_cores > 0:
+            held.enter_context(host_lock(home / "locks" / "cores.lock"))
+            limits = dataclasses.replace(limits, cores=pinned_cores(spec.exclusive_cores))
+        for device in sorted(devices.names):  # one order everywhere: no deadlock
+            held.enter_context(host_lock(home / "locks" / f"{device.replace(':', '-')}.lock"))
+        command = [arg.replace("{devices}", str(len(devices.ids))) for arg in command or spec.command]
+        return run_command(command, run_dir, limits, log_path=log_path, env={**devices.env(), **(env or {})},
+                           allow_subprocess=spec.allow_subprocess)
+
+
 @contextlib.asynccontextmanager
 async def heartbeat(msg, interval_s: float):
     """Tell NATS the trial is still running, so it is not redelivered to another executor."""
@@ -106,19 +144,22 @@ async def heartbeat(msg, interval_s: float):
 class Executor:
     """Handles one delivered proposal at a time; campaigns' tasks and repos are cached."""
 
-    def __init__(self, bus: Bus, name: str):
+    def __init__(self, bus: Bus, name: str, devices: Devices = Devices()):
         self.bus = bus
         self.name = name
+        self.devices = devices
         self.settings = bus.settings
         self.home = Path(self.settings.home)
         self.skipped = 0  # undecodable or unknown messages, acked and counted
+        self.for_other_devices = 0  # trials left to another device class's executors
+        self._started: dict[str, CampaignStarted] = {}
         self._campaigns: dict[str, tuple[CampaignStarted, Task, CampaignRepo]] = {}
 
     async def handle(self, msg) -> None:
         """Run or settle one delivery, then ack it. Raises only when the bus itself fails (no ack)."""
         try:
             proposal = decode(msg.data)
-            if not isinstance(proposal, TrialProposed):
+            if not isinstance(proposal, (TrialProposed, TrialConfirmationRequested)):
                 raise UnknownEvent(type(proposal).__name__)
             check_token("campaign", proposal.campaign_id)
             check_token("trial", proposal.trial_id)
@@ -127,7 +168,18 @@ class Executor:
             log.warning("skipping message on %s: %s (%d skipped so far)", msg.subject, exc, self.skipped)
             await msg.ack()
             return
+        if not await self._runs_here(proposal):
+            await msg.ack()  # the executors of its device class take it from their own queue
+            return
         attempt = msg.metadata.num_delivered
+        if isinstance(proposal, TrialConfirmationRequested):
+            try:
+                async with heartbeat(msg, self.settings.ack_wait_s / 3):
+                    await self._confirm(proposal, attempt)
+            except Exception:  # the evaluator stops waiting at its timeout: the trial stays unconfirmed
+                log.exception("reruns of %s in %s failed", proposal.trial_id, proposal.campaign_id)
+            await msg.ack()
+            return
         try:
             async with heartbeat(msg, self.settings.ack_wait_s / 3):
                 await self._handle(proposal, attempt)
@@ -158,6 +210,7 @@ class Executor:
                 trial_id=trial_id,
                 executor=self.name,
                 attempt=attempt,
+                devices=self.devices.names,
             )
         )
         started, task, repo = await self._campaign(campaign_id)
@@ -197,10 +250,29 @@ class Executor:
             return True
         return False
 
-    async def _campaign(self, campaign_id: str) -> tuple[CampaignStarted, Task, CampaignRepo]:
-        if campaign_id not in self._campaigns:
+    async def _runs_here(self, proposal: TrialProposed) -> bool:
+        """Is the trial for this executor's device class? Read from the spec its campaign recorded, so
+        no task folder is needed to pass a trial on; a campaign without one is settled as usual."""
+        started = await self._started_event(proposal.campaign_id)
+        if started is None or device_class(started.spec.get("requires") or []) == self.devices.kind:
+            return True
+        self.for_other_devices += 1
+        log.debug("trial %s of %s is for other devices (%d passed on so far)", proposal.trial_id,
+                  proposal.campaign_id, self.for_other_devices)
+        return False
+
+    async def _started_event(self, campaign_id: str) -> CampaignStarted | None:
+        if campaign_id not in self._started:
             started = await self.bus.last_event(subject(campaign_id, "campaign", campaign_id, "started"))
             if not isinstance(started, CampaignStarted):
+                return None
+            self._started[campaign_id] = started
+        return self._started[campaign_id]
+
+    async def _campaign(self, campaign_id: str) -> tuple[CampaignStarted, Task, CampaignRepo]:
+        if campaign_id not in self._campaigns:
+            started = await self._started_event(campaign_id)
+            if started is None:
                 raise RuntimeError(f"campaign {campaign_id} has no CampaignStarted event")
             task = load_task(started.task)
             repo = await asyncio.to_thread(CampaignRepo.for_campaign, self.home, campaign_id)
@@ -208,59 +280,92 @@ class Executor:
         return self._campaigns[campaign_id]
 
     async def _run(self, proposal: TrialProposed, attempt: int, task: Task, repo: CampaignRepo, commit: str) -> None:
-        campaign_id, trial_id = proposal.campaign_id, proposal.trial_id
-        run_dir = self.home / "runs" / campaign_id / f"{trial_id}-{attempt}"
-        log_path = run_dir.with_name(f"{run_dir.name}.log")
-        budgets = task.spec.budgets
-        limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb)
-        shutil.rmtree(run_dir, ignore_errors=True)  # left by a crashed executor with the same attempt
-        try:
-            await asyncio.to_thread(repo.export, commit, run_dir)
-            await asyncio.to_thread(task.module().prepare, run_dir)
-            result = await asyncio.to_thread(self._run_command, task.spec, run_dir, limits, log_path)
-            log_ref = await self.bus.put_object(f"logs/{campaign_id}/{trial_id}-{attempt}.log", log_path.read_bytes())
-            artifact_dir = run_dir / "artifact"
-            artifact_ref = None
-            if artifact_dir.is_dir() and not artifact_dir.is_symlink():
-                packed = await asyncio.to_thread(pack_folder, artifact_dir)
-                artifact_ref = await self.bus.put_object(f"artifacts/{campaign_id}/{trial_id}-{attempt}.tar.gz", packed)
-            await self.bus.publish(
-                self._finished(proposal, attempt, commit, result, limits, log_ref=log_ref, artifact_ref=artifact_ref)
-            )
-        finally:
-            await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-            log_path.unlink(missing_ok=True)
-
-    def _run_command(self, spec: TaskSpec, run_dir: Path, limits: Limits, log_path: Path) -> RunResult:
-        # Timed trials on one host must not overlap, or each one's wall time measures the other.
-        cores = host_lock(self.home / "locks" / "cores.lock") if spec.exclusive_cores > 0 else contextlib.nullcontext()
-        with cores:
-            return run_command(spec.command, run_dir, limits, log_path=log_path)
-
-    def _finished(
-        self, proposal: TrialProposed, attempt: int, commit: str, result: RunResult, limits: Limits, *,
-        log_ref: ObjectRef, artifact_ref: ObjectRef | None,
-    ) -> TrialFinished:
-        return TrialFinished(
+        measured = await self._measure(proposal.campaign_id, f"{proposal.trial_id}-{attempt}", task, repo, commit,
+                                       diff=proposal.diff)
+        await self.bus.publish(TrialFinished(
             event_id=f"{proposal.campaign_id}-{proposal.trial_id}-finished-{attempt}",
             campaign_id=proposal.campaign_id,
             producer=self.name,
             causation_id=proposal.event_id,
             trial_id=proposal.trial_id,
-            executor=self.name,
             attempt=attempt,
-            commit=commit,
-            exit_code=result.exit_code,
-            signal=result.signal,
-            timed_out=result.timed_out,
-            wall_s=result.wall_s,
-            cpu_s=result.cpu_s,
-            peak_rss_mb=result.peak_rss_mb,
-            limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb},
-            log_tail=log_tail(result.log, self.settings.log_tail_chars),
-            log=log_ref,
-            artifact=artifact_ref,
-        )
+            **measured,
+        ))
+
+    async def _confirm(self, request: TrialConfirmationRequested, attempt: int) -> None:
+        """Rerun the trees a confirmation names, in its order, on this host; reruns already reported are
+        skipped. A confirmation belongs to a trial that already ran, so it runs even in a stopped campaign."""
+        c = request.campaign_id
+        started, task, repo = await self._campaign(c)
+        for index, trial_id in enumerate(request.runs):
+            rerun = replicate_id(request.trial_id, index)
+            if await self.bus.last_event(subject(c, "replicate", rerun, "finished")) is not None:
+                continue
+            proposal = await self.bus.last_event(subject(c, "trial", trial_id, "proposed"))
+            if not isinstance(proposal, TrialProposed):
+                raise RuntimeError(f"confirmation of {request.trial_id} reruns {trial_id}, which was never proposed")
+            commit = await materialize(self.bus, repo, proposal, started)
+            measured = await self._measure(c, f"{rerun}-{attempt}", task, repo, commit)
+            await self.bus.publish(ReplicateFinished(
+                event_id=f"{c}-{rerun}-finished", campaign_id=c, producer=self.name, causation_id=request.event_id,
+                trial_id=trial_id, confirm_of=request.trial_id, index=index, attempt=attempt, **measured,
+            ))
+
+    async def _measure(self, campaign_id: str, name: str, task: Task, repo: CampaignRepo, commit: str, *,
+                       diff: str = "") -> dict:
+        """Run a commit's tree (an edit's preflight first) and store its log and artifact: the fields of
+        the finished event, everything measured from outside and never a score."""
+        run_dir = self.home / "runs" / campaign_id / name
+        log_path = run_dir.with_name(f"{run_dir.name}.log")
+        budgets = task.spec.budgets
+        limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb,
+                        disk_mb=budgets.disk_mb)
+        shutil.rmtree(run_dir, ignore_errors=True)  # left by a crashed executor with the same attempt
+        try:
+            await asyncio.to_thread(repo.export, commit, run_dir)
+            await asyncio.to_thread(task.module().prepare, run_dir)
+            failure = None
+            if diff.strip():
+                run = functools.partial(self._run_command, task.spec)
+                failure = await asyncio.to_thread(preflight.check, task, run_dir, diff, log_path, run)
+            if failure is None:
+                result = await asyncio.to_thread(self._run_command, task.spec, run_dir, limits, log_path)
+            else:
+                result, limits = failure.result, failure.limits
+            log_ref = await self.bus.put_object(f"logs/{campaign_id}/{name}.log", log_path.read_bytes())
+            artifact_dir = run_dir / "artifact"
+            artifact_ref = None
+            if failure is None and artifact_dir.is_dir() and not artifact_dir.is_symlink():
+                packed = await asyncio.to_thread(pack_folder, artifact_dir)
+                artifact_ref = await self.bus.put_object(f"artifacts/{campaign_id}/{name}.tar.gz", packed)
+            return dict(
+                executor=self.name,
+                commit=commit,
+                exit_code=result.exit_code,
+                signal=result.signal,
+                timed_out=result.timed_out,
+                wall_s=result.wall_s,
+                cpu_s=result.cpu_s,
+                peak_rss_mb=result.peak_rss_mb,
+                limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
+                        "disk_mb": limits.disk_mb},
+                killed_by=result.killed_by,
+                disk_mb=result.disk_mb,
+                isolation=list(result.isolation),
+                log_tail=log_tail(result.log, self.settings.log_tail_chars),
+                log=log_ref,
+                artifact=artifact_ref,
+                stage="" if failure is None else PREFLIGHT_STAGE,
+                measured={} if failure is None else failure.measured,
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+
+    def _run_command(self, spec: TaskSpec, run_dir: Path, limits: Limits, log_path: Path, *,
+                     command: list[str] | None = None, env: dict[str, str] | None = None) -> RunResult:
+        return run_recipe(spec, run_dir, limits, log_path, home=self.home, devices=self.devices, command=command,
+                          env=env)
 
     async def _reject(self, proposal: TrialProposed, problems: list[EditProblem]) -> None:
         message = "; ".join(str(problem) for problem in problems)
@@ -286,11 +391,13 @@ class Executor:
             log.info("trial %s of %s already had an outcome", proposal.trial_id, proposal.campaign_id)
 
 
-async def run_executor(bus: Bus, *, name: str, stop: anyio.Event | None = None) -> None:
-    """Run trials from the shared queue until `stop` is set (a running trial finishes first)."""
-    executor = Executor(bus, name)
-    sub = await bus.durable(QUEUE, PROPOSALS)
-    log.info("executor %s waiting for trials", name)
+async def run_executor(
+    bus: Bus, *, name: str, stop: anyio.Event | None = None, devices: Devices = Devices()
+) -> None:
+    """Run trials from its device class's queue until `stop` is set (a running trial finishes first)."""
+    executor = Executor(bus, name, devices)
+    sub = await bus.durable(queue_name(devices.kind), [PROPOSALS, CONFIRMATIONS])
+    log.info("executor %s waiting for trials on %s", name, ", ".join(devices.names) or CPU)
     try:
         while stop is None or not stop.is_set():
             try:
@@ -315,16 +422,17 @@ def default_name() -> str:
     return f"executor-{socket.gethostname()}-{os.getpid()}"
 
 
-async def _serve(name: str) -> None:
+async def _serve(name: str, devices: Devices) -> None:
     stop = anyio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with await Bus.connect(name=name) as bus:
-        await run_executor(bus, name=name, stop=stop)
+        await run_executor(bus, name=name, stop=stop, devices=devices)
 
 
 def cli(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(_serve(args.name or default_name()))
+    devices = parse_devices(getattr(args, "devices", None) or CPU)
+    asyncio.run(_serve(args.name or default_name(), devices))
     return 0

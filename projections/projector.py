@@ -8,19 +8,26 @@ after the swap is lost with that file, and read again from the log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
+import itertools
 import logging
 import signal
 import sqlite3
 import time
+from collections.abc import AsyncIterable, AsyncIterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
 
-from bus.connection import Bus
+from bus.connection import Bus, StoredMessage
+from bus.eventfile import read_lines
 from bus.settings import load_settings
-from projections.follow import BUS_ERRORS, RETRY_S, catch_up, log_retry
+from projections.follow import BUS_ERRORS, RETRY_S, log_retry
 from projections.lineage import Lineage
 from projections.lineage_file import LineageFile
 
@@ -31,6 +38,7 @@ log = logging.getLogger("arx.projector")
 TRANSIENT_ERRORS = (*BUS_ERRORS, sqlite3.OperationalError)
 WATCH_S = 1.0
 CLOSE_TIMEOUT_S = 5.0
+REPLAY_BATCH = 2000  # events per transaction of a replay
 
 
 def db_path(args) -> Path:
@@ -125,18 +133,18 @@ class Replayed:
         return (self.applied + self.skipped) / self.seconds if self.seconds > 0 else 0.0
 
 
-async def replay(bus: Bus, path: Path) -> Replayed:
-    """Rebuild the lineage from sequence 1 into a fresh file beside `path`, then swap it in."""
+async def replay(batches: AsyncIterable[list[StoredMessage]], path: Path) -> Replayed:
+    """Rebuild the lineage from `batches` (the stream from sequence 1, or an event file) into a fresh
+    file beside `path`, then swap it in.
+
+    The file's SQLite connection lives in a thread of its own, which folds one batch while this one
+    reads the next (SQLite lets go of the GIL while it works).
+    """
     file = LineageFile(path)
     built = file.new_build()
     try:
-        lineage = Lineage(built, durable=False)  # fsynced once, by swap_in
-        try:
-            began = time.perf_counter()
-            applied = await catch_up(bus, lineage)
-            result = Replayed(applied, lineage.counter("skipped"), lineage.checkpoint, time.perf_counter() - began)
-        finally:
-            lineage.close()
+        with _without_cyclic_gc(), ThreadPoolExecutor(1, thread_name_prefix="arx-replay") as sqlite_thread:
+            result = await _fold_all(batches, built, sqlite_thread)
         file.swap_in(built)
     except BaseException:
         built.unlink(missing_ok=True)
@@ -144,18 +152,81 @@ async def replay(bus: Bus, path: Path) -> Replayed:
     return result
 
 
-async def _replay_main(path: Path) -> Replayed:
+@contextlib.contextmanager
+def _without_cyclic_gc():
+    """A replay makes millions of short-lived objects without cycles: the cyclic collector would walk
+    them again and again (a twentieth of a replay's time) and free none."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+async def _fold_all(batches: AsyncIterable[list[StoredMessage]], built: Path, thread: Executor) -> Replayed:
+    loop = asyncio.get_running_loop()
+
+    def call(function, *args):
+        return loop.run_in_executor(thread, function, *args)
+
+    began = time.perf_counter()
+    lineage = await call(partial(Lineage, built, durable=False))  # fsynced once, by swap_in
+    try:
+        await call(lineage.drop_indexes)
+        applied = 0
+        folding = None
+        async for batch in batches:
+            if folding is not None:
+                applied += await folding
+            folding = call(lineage.apply, batch)
+        if folding is not None:
+            applied += await folding
+        await call(lineage.create_indexes)
+        skipped, last_seq = await call(lineage.counter, "skipped"), await call(lineage.counter, "seq")
+    finally:
+        await call(lineage.close)
+    return Replayed(applied, skipped, last_seq, time.perf_counter() - began)
+
+
+async def file_batches(path: Path) -> AsyncIterator[list[StoredMessage]]:
+    """An event file as replay batches, seq = line number. Its lines are decoded once, by the fold
+    (bus.eventfile.iter_file decodes each for its subject, which a fold does not use)."""
+    lines = read_lines(path)
+    while chunk := list(itertools.islice(lines, REPLAY_BATCH)):
+        yield [StoredMessage(number, "", data) for number, data in chunk]
+
+
+@contextlib.contextmanager
+def _no_projector(path: Path):
+    """A file replay's checkpoint counts lines, not stream sequences: no projector may go on from it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(LineageFile(path).sole_writer())
+        except RuntimeError:
+            raise RuntimeError(f"a projector follows {path}: replay the file into another --db") from None
+        yield
+
+
+async def _replay_main(path: Path, from_file: Path | None) -> Replayed:
+    if from_file is not None:
+        with _no_projector(path):
+            return await replay(file_batches(from_file), path)
     bus = await Bus.connect(name="arx-replay")
     try:
-        return await replay(bus, path)
+        return await replay(bus.read(batch=REPLAY_BATCH), path)
     finally:
         await _close(bus)
 
 
 def cli_replay(args) -> int:
     path = db_path(args)
+    from_file = Path(args.from_file) if getattr(args, "from_file", None) else None
+    if from_file is not None and not from_file.is_file():
+        raise ValueError(f"{from_file}: no such event file")
     with _clear_sqlite_errors(path):
-        result = anyio.run(_replay_main, path)
+        result = anyio.run(_replay_main, path, from_file)
     print(
         f"replayed {result.applied + result.skipped} events up to seq {result.last_seq} into {path}: "
         f"{result.applied} applied, {result.skipped} skipped, {result.seconds:.2f}s ({result.rate:,.0f} events/s)"

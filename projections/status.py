@@ -78,7 +78,12 @@ def render(summary: dict, console: Console) -> None:
     change = "-" if s["improvement_pct"] is None else f"{s['improvement_pct']:+.2f}%"
     console.print(
         f"baseline {_number(s['baseline_score'])}  ->  best {_number(s['best_score'])}"
-        f" ({s['best_trial'] or '-'})  change {change}  noise floor {s['noise'] * 100:.1f}%"
+        f" ({s['best_trial'] or '-'})  change {change}"
+    )
+    prior = "" if s["noise_prior"] is None else f" (task prior {s['noise_prior'] * 100:.1f}%)"
+    console.print(
+        f"noise floor {s['noise'] * 100:.1f}%{prior} of the score: a keep must beat the incumbent by more;"
+        f" {s['confirmed']} close wins settled by interleaved reruns"
     )
 
     labels = Table(title="labels")

@@ -58,6 +58,14 @@ def in_flight(lineage: Lineage, campaign_id: str, specialist: str | None = None)
     return lineage.db.execute(sql, params).fetchone()[0]
 
 
+def confirmed(lineage: Lineage, campaign_id: str) -> int:
+    """Outcomes decided by rerunning the candidate beside the incumbent (a win within a few noise widths)."""
+    (n,) = lineage.db.execute(
+        "SELECT count(*) FROM trials WHERE campaign_id = ? AND evidence_stage = 'confirm'", (campaign_id,)
+    ).fetchone()
+    return n
+
+
 def improvement_pct(baseline: float | None, best: float | None) -> float | None:
     """Signed change of the best over the baseline: negative when the score went down."""
     if baseline is None or best is None or baseline == 0:
@@ -108,6 +116,8 @@ def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 1
         "in_flight": in_flight(lineage, c),
         "labels": labels,
         "noise": camp["noise"],
+        "noise_prior": camp["spec"].get("noise"),
+        "confirmed": confirmed(lineage, c),
         "baseline_score": baseline_score,
         "best_score": best.score if best else None,
         "best_trial": best.trial_id if best else None,

@@ -152,7 +152,7 @@ async def test_trials_run_and_report_what_was_measured(arx_env, tiny_task):
 
         assert (started.executor, started.attempt) == ("ex-1", 1)
         assert (base.exit_code, base.signal, base.timed_out) == (0, None, False)
-        assert base.limits == {"train_s": 3, "memory_mb": 1024, "file_mb": 8}
+        assert base.limits == {"train_s": 3, "memory_mb": 1024, "file_mb": 8, "disk_mb": 512}
         assert base.log_tail == "trained 42\n"
         assert (await bus.get_object(base.log)).decode() == "trained 42\n"
         assert base.log.name == "logs/c1/baseline-1.log"
