@@ -151,6 +151,11 @@ def judge(finished: _RunFinished, spec: TaskSpec, evaluation: Evaluation | None)
         return Verdict("train_budget_overrun", gates=[train_gate], evidence=Evidence(
             stage="train", gate="train_s", measured=finished.wall_s, limit=limits["train_s"],
             message=f"training ran {finished.wall_s:.1f}s, over its {limits['train_s']:g}s budget"))
+    if finished.killed_by:  # an executor watchdog other than the wall clock ended the run (disk_mb)
+        limit = limits.get(finished.killed_by)
+        return Verdict("crash", gates=[train_gate], evidence=Evidence(
+            stage="train", gate=finished.killed_by, measured=finished.disk_mb, limit=limit,
+            message=f"the run dir held {finished.disk_mb:.0f} MB, over its {finished.killed_by} budget of {limit:g} MB"))
     if training_failed(finished):
         return Verdict("crash", gates=[train_gate], evidence=crash_evidence(
             "train", finished.log_tail, finished.signal, finished.exit_code, finished.peak_rss_mb, limits))

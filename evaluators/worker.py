@@ -45,6 +45,7 @@ from bus.events import (
 )
 from evaluators import labels
 from evaluators.sandbox import SandboxPool, SandboxResult
+from evaluators.official_log import evaluate_log
 from evaluators.spec import Task, TaskSpec, load_task
 from evaluators.unpack import UnsafeArtifact, unpack_artifact
 from projections import views
@@ -289,6 +290,8 @@ class Evaluator:
             raise
 
     async def evaluate(self, task: Task, finished: _RunFinished) -> labels.Evaluation:
+        if task.spec.scored_from == "log":  # official tasks: the captured log is the official output
+            return await evaluate_log(self.bus, task, finished)
         if finished.artifact is None:
             return labels.Evaluation(failed="artifact", error="the run produced no artifact")
         try:
@@ -342,6 +345,8 @@ class Evaluator:
         except ValueError as exc:
             self._broken_tasks.add(task_name)
             log.error("cannot prepare task %s: %s", task_name, exc)
+            return
+        if task.spec.scored_from == "log":  # no held-out data, no sandbox: the log is parsed here
             return
         self.pool.warm(task)
         self._heldout_future(task)

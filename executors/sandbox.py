@@ -48,6 +48,7 @@ DISK_POLL_S = 0.5
 # Every file or folder counts at least this much: a recipe that makes millions of empty files fills
 # the disk's inodes, and the sum stops early at the budget, so one sample reads a bounded number.
 ENTRY_BYTES = 4096
+UNSHARE = "unshare"  # util-linux's
 UNSHARE_CHECK_S = 10.0
 LOOPBACK_ENV = "ARX_LOOPBACK"  # read by recipe_site/sitecustomize.py
 # Python options that skip PYTHONPATH or the site module, and with them the fence.
@@ -84,7 +85,7 @@ def namespaces() -> tuple[tuple[str, ...], tuple[str, ...]]:
     Falls back from a user + network + pid namespace to a user + network namespace to none, with a
     warning, where a host (or a container) refuses them.
     """
-    unshare = shutil.which("unshare")
+    unshare = shutil.which(UNSHARE)
     tries = (
         (("net", "pid"), ("--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc")),
         (("net",), ("--user", "--map-root-user", "--net")),

@@ -39,6 +39,7 @@ from evaluators import labels
 from evaluators.sandbox import SandboxPool
 from evaluators.spec import Task, load_task
 from evaluators.worker import to_evaluation
+from executors import sandbox
 from executors.sandbox import Limits, RunResult, namespaces, run_command
 
 TESTS = Path(__file__).resolve().parent
@@ -291,6 +292,7 @@ def test_filling_the_disk_with_files_under_the_file_limit_is_killed_at_the_disk_
     judged = verdict(result, limits)
     assert (judged.label, judged.evidence.stage) == ("crash", "train")
     assert "over its disk_mb budget of 24 MB" in judged.evidence.message
+    assert (judged.evidence.gate, judged.evidence.limit) == ("disk_mb", 24)
 
     # Empty files fill the disk's inodes: each entry counts, so they meet the same budget.
     shutil.rmtree(tmp_path / "runs")
@@ -371,6 +373,17 @@ def test_a_recipe_allowed_processes_may_start_them_but_still_not_read_outside(tm
     result = run(tmp_path, code, allow_subprocess=True)
     assert result.exit_code == 0
     assert "PermissionError: sandbox: open of /etc/passwd is not allowed" in result.log.read_text()
+
+
+def test_without_namespaces_the_run_falls_back_and_says_so_and_the_fence_still_holds(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "UNSHARE", "false")  # an unshare that refuses everything
+    sandbox.namespaces.cache_clear()
+    try:
+        result = run(tmp_path, "print(open('/etc/passwd').read())\n")
+    finally:
+        sandbox.namespaces.cache_clear()
+    assert result.isolation == ("fence",)
+    assert result.log.read_text().strip().endswith("PermissionError: sandbox: open of /etc/passwd is not allowed")
 
 
 def test_a_command_that_would_skip_the_fence_is_refused(tmp_path):
