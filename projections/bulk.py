@@ -88,17 +88,20 @@ def _run(rows: dict[str, list[tuple]]) -> Run:
 _UPDATES = {update.sql: update for update in TRIAL_UPDATES}
 
 
-def new_trials(folds: list[Fold], existing: Callable[[list[TrialKey]], set[TrialKey]], defaults: dict) -> tuple[Run, list[Fold]]:
+def new_trials(
+    folds: list[Fold], existing: Callable[[list[TrialKey]], set[TrialKey]], defaults: dict
+) -> tuple[Run, list[Fold]]:
     """The INSERT of each trial proposed in `folds` that has no row yet (`existing` says which have),
-    of the row its statements leave, and the statements left for SQL: every other one, and gates.
+    of the row its statements leave, and the statements left for SQL (gates, and those of other rows).
 
     A new trial's row lives in memory until all of these are folded: it starts from its proposal
     and the schema's `defaults` for every column an update sets, and each update whose guard holds
     sets its columns, in log order; before its proposal a statement finds no row and does nothing.
-    Its INSERT goes first, so its gates (which ask for the winning outcome's seq) find the final row,
-    which has the same outcome_seq as at the gate's turn. Every row names the same columns, so they
-    go in in the order they were proposed, as one by one. Statements this cannot fold in memory
-    might touch these rows anywhere: with one of them in `folds`, all are left to SQL.
+    The INSERT goes first, so the gates, left to SQL, find the final row: its outcome_seq, set once,
+    names the outcome that won, and a gate of any other outcome (one before the proposal included)
+    matches it neither at its turn nor then. Every row names the same columns, so the
+    rows go in in the order they were proposed, as one by one. A statement of a kind not in PHASES
+    might touch these rows anywhere: with one of them in `folds`, everything is left to SQL.
     """
     proposed = [(params[0], params[1]) for _, stmts in folds for sql, params in stmts if sql == TRIAL_PROPOSED]
     if not proposed or any(sql not in _PHASE for _, stmts in folds for sql, _ in stmts):
@@ -107,28 +110,33 @@ def new_trials(folds: list[Fold], existing: Callable[[list[TrialKey]], set[Trial
     rows: dict[TrialKey, dict] = {}
     rest = []
     for event, stmts in folds:
-        key = (event.campaign_id, getattr(event, "trial_id", None))
-        if key not in new:
-            rest.append((event, stmts))
-            continue
-        row = rows.get(key)
-        left = []
-        for sql, params in stmts:
-            if sql == TRIAL_PROPOSED:
-                if row is None:
-                    row = rows[key] = {**dict(zip(TRIAL_PROPOSED_COLUMNS, params)), **defaults}
-            elif row is None:
-                continue  # no row yet: a no-op
-            elif sql == OUTCOME_GATE:
-                left.append((sql, params))
-            elif (update := _UPDATES[sql]).holds(row, params):
-                row.update(zip(update.columns, params))
+        left = [(sql, params) for sql, params in stmts if not _fold_into(rows, new, defaults, sql, params)]
         if left:
             rest.append((event, left))
     if not rows:
         return [], folds
     inserts = [tuple(row.values()) for row in rows.values()]
     return [(_insert_trial(tuple(next(iter(rows.values())))), inserts)], rest
+
+
+def _fold_into(rows: dict[TrialKey, dict], new: set[TrialKey], defaults: dict, sql: str, params: tuple) -> bool:
+    """Fold one statement into the rows of new trials held in memory; False: it is left for SQL."""
+    if sql == TRIAL_PROPOSED:
+        key = (params[0], params[1])
+        if key in new and key not in rows:
+            rows[key] = {**dict(zip(TRIAL_PROPOSED_COLUMNS, params)), **defaults}
+        return key in new  # proposed again: a no-op once the row is there
+    update = _UPDATES.get(sql)
+    if update is None:
+        return False
+    width = len(update.columns)
+    key = (params[width], params[width + 1])
+    if key not in new:
+        return False
+    row = rows.get(key)
+    if row is not None and update.holds(row, params):
+        row.update(zip(update.columns, params))
+    return True
 
 
 @cache

@@ -1,4 +1,5 @@
-"""The lineage projection: fold events into SQLite, one transaction per batch.
+"""The lineage projection: fold events into SQLite, one transaction per batch (whose statements run in
+bulk, to the same effect as one by one: see bulk.py).
 
 The last applied stream sequence is stored in the same transaction as the rows it produced, so a
 crash can make a batch be read again but never applied twice; every statement is also idempotent on
@@ -12,6 +13,7 @@ where WAL's -wal/-shm files live on beside the file for as long as anyone has it
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import sqlite_utils
 
 from bus.connection import StoredMessage
 from bus.events import Event, UnknownEvent, decode
-from projections.bulk import TrialKey, bulk_runs, new_trials
+from projections.bulk import Fold, TrialKey, bulk_runs, new_trials
 from projections.fold import UPDATED_COLUMNS, Statement, statements
 
 FOLD_CHUNK = 256
@@ -94,7 +96,7 @@ class Lineage:
         if not readonly:
             conn.executescript(SCHEMA)
             columns = conn.execute("PRAGMA table_info(trials)").fetchall()
-            self._defaults = {name: _literal(default) for _, name, _, _, default, _ in columns if name in UPDATED_COLUMNS}
+            self._defaults = {name: _literal(value) for _, name, _, _, value, _ in columns if name in UPDATED_COLUMNS}
 
     @property
     def checkpoint(self) -> int:
@@ -125,22 +127,26 @@ class Lineage:
             fresh = [msg for msg in batch if msg.seq > start]
             if not fresh:
                 return 0
-            # A few hundred events at a time: their decoded text stays in the CPU's caches until
-            # SQLite reads it, which takes a third of the time of a thousand at a time.
+            # A few hundred events at a time: their decoded text is still in the CPU's caches when
+            # SQLite copies it (measured: a fifth less CPU time than a batch of 2000 at once).
             for i in range(0, len(fresh), FOLD_CHUNK):
                 chunk = fresh[i : i + FOLD_CHUNK]
-                folds = [(event, list(statements(event, msg.seq))) for msg in chunk if (event := _event(msg)) is not None]
+                folds = [(event, list(statements(event, msg.seq))) for msg in chunk if (event := _event(msg))]
                 if bulk:
-                    inserts, rest = new_trials(folds, self._existing, self._defaults)
-                    for run in (inserts, *bulk_runs(rest)):
-                        for sql, rows in run:
-                            self.db.conn.executemany(sql, rows)
+                    self._fold_in_bulk(folds)
                     applied += len(folds)
                 else:
                     applied += sum(self._fold_one(stmts) for _, stmts in folds)
             self._set("seq", fresh[-1].seq)
             self._set("skipped", self.counter("skipped") + len(fresh) - applied)
         return applied
+
+    def _fold_in_bulk(self, folds: list[Fold]) -> None:
+        """The same rows as _fold_one for each, in far fewer statements (see bulk.py)."""
+        inserts, rest = new_trials(folds, self._existing, self._defaults)
+        for run in itertools.chain([inserts], bulk_runs(rest)):
+            for sql, rows in run:
+                self.db.conn.executemany(sql, rows)
 
     def _existing(self, keys: list[TrialKey]) -> set[TrialKey]:
         """Which of these trials have a row already."""
@@ -168,16 +174,6 @@ class Lineage:
         finally:
             self.db.conn.execute("RELEASE event")
         return True
-
-    def drop_indexes(self) -> None:
-        """For a rebuild: fold without keeping the secondary indexes current (the fold's own lookups
-        use primary keys), then build each once with create_indexes(), which is several times faster."""
-        names = self.db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
-        for (name,) in names.fetchall():
-            self.db.execute(f'DROP INDEX "{name}"')
-
-    def create_indexes(self) -> None:
-        self.db.conn.executescript(SCHEMA)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

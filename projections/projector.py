@@ -174,7 +174,6 @@ async def _fold_all(batches: AsyncIterable[list[StoredMessage]], built: Path, th
     began = time.perf_counter()
     lineage = await call(partial(Lineage, built, durable=False))  # fsynced once, by swap_in
     try:
-        await call(lineage.drop_indexes)
         applied = 0
         folding = None
         async for batch in batches:
@@ -183,7 +182,6 @@ async def _fold_all(batches: AsyncIterable[list[StoredMessage]], built: Path, th
             folding = call(lineage.apply, batch)
         if folding is not None:
             applied += await folding
-        await call(lineage.create_indexes)
         skipped, last_seq = await call(lineage.counter, "skipped"), await call(lineage.counter, "seq")
     finally:
         await call(lineage.close)
