@@ -20,6 +20,7 @@ import nats.errors
 
 READ_CHUNK = 1 << 20
 HEARTBEAT_S = 1.0  # the server's idle heartbeat while a following pull waits for new messages
+SILENT_HEARTBEATS = 5  # a following pull hears a heartbeat a second: this long without one, the server is gone
 FOLLOW_EXPIRES_S = 5.0
 REPLY_TIMEOUT_S = 15.0  # a catch-up pull's messages come at once; this bounds a stalled server
 DONE = (404, 408)  # No Messages, Request Timeout: the pull ended short of its batch
@@ -32,9 +33,6 @@ class StoredMessage(NamedTuple):
     seq: int
     subject: str
     data: bytes
-
-
-_new_tuple = tuple.__new__  # builds a StoredMessage without the Python-level __new__ of a NamedTuple
 
 
 class PullError(nats.errors.Error, ConnectionError):
@@ -57,7 +55,10 @@ class PullReader:
             asyncio.open_connection(url.hostname, url.port or 4222, limit=READ_CHUNK), timeout
         )
         try:
-            info = json.loads((await asyncio.wait_for(reader.readline(), timeout)).removeprefix(b"INFO "))
+            greeting = await asyncio.wait_for(reader.readline(), timeout)
+            if not greeting.startswith(b"INFO "):
+                raise PullError(greeting.decode(errors="replace").strip() or "no INFO from the server")
+            info = json.loads(greeting.removeprefix(b"INFO "))
             if url.scheme == "tls" or info.get("tls_required"):
                 raise PullError(f"{url.hostname}:{url.port} wants TLS, which arx's stream reader does not speak")
             connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
@@ -85,11 +86,11 @@ class PullReader:
     ) -> AsyncIterator[list[StoredMessage]]:
         """Batches of at most `batch` messages in consumer order. Without follow, stops once the
         consumer has nothing pending or a message at or past `end` arrived; with follow, yields as soon
-        as it has caught up, and raises when the server stays silent past two heartbeats."""
+        as it has caught up, and raises when the server stays silent for SILENT_HEARTBEATS heartbeats."""
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}".encode()
         if follow:
             request = {"batch": batch, "expires": _ns(FOLLOW_EXPIRES_S), "idle_heartbeat": _ns(HEARTBEAT_S)}
-            timeout = FOLLOW_EXPIRES_S + 2 * HEARTBEAT_S
+            timeout = SILENT_HEARTBEATS * HEARTBEAT_S
         else:
             request = {"batch": batch, "no_wait": True}
             timeout = REPLY_TIMEOUT_S
@@ -148,8 +149,7 @@ class PullReader:
                     reply = args[2]
                     tokens = reply.rsplit(b".", 5 if reply.count(b".") == 11 else 4)
                     pending = int(tokens[4])
-                    data = buf[start + headers : stop]
-                    messages.append(_new_tuple(StoredMessage, (int(tokens[1]), args[0].decode(), data)))
+                    messages.append(StoredMessage(int(tokens[1]), args[0].decode(), buf[start + headers : stop]))
                 else:  # a status from the server about the pull: "NATS/1.0 404 No Messages"
                     code = int(buf[start + 9 : start + 12])
                     if code != HEARTBEAT and code not in DONE:
