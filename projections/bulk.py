@@ -99,44 +99,44 @@ def new_trials(
     sets its columns, in log order; before its proposal a statement finds no row and does nothing.
     The INSERT goes first, so the gates, left to SQL, find the final row: its outcome_seq, set once,
     names the outcome that won, and a gate of any other outcome (one before the proposal included)
-    matches it neither at its turn nor then. Every row names the same columns, so the
-    rows go in in the order they were proposed, as one by one. A statement of a kind not in PHASES
-    might touch these rows anywhere: with one of them in `folds`, everything is left to SQL.
+    matches it neither at its turn nor then. Every row names the same columns, so the rows go in in
+    the order they were proposed, as one by one. A statement of a kind not in PHASES might touch
+    these rows anywhere: with one of them in `folds`, everything is left to SQL.
     """
-    proposed = [(params[0], params[1]) for _, stmts in folds for sql, params in stmts if sql == TRIAL_PROPOSED]
-    if not proposed or any(sql not in _PHASE for _, stmts in folds for sql, _ in stmts):
+    proposed = []
+    for _, stmts in folds:
+        for sql, params in stmts:
+            if sql == TRIAL_PROPOSED:
+                proposed.append((params[0], params[1]))
+            elif sql not in _PHASE:
+                return [], folds
+    new = set(proposed) - existing(proposed) if proposed else set()
+    if not new:
         return [], folds
-    new = set(proposed) - existing(proposed)
     rows: dict[TrialKey, dict] = {}
     rest = []
     for event, stmts in folds:
-        left = [(sql, params) for sql, params in stmts if not _fold_into(rows, new, defaults, sql, params)]
+        left = []
+        for sql, params in stmts:
+            if sql == TRIAL_PROPOSED:
+                key = (params[0], params[1])
+                if key not in new:
+                    left.append((sql, params))
+                elif key not in rows:  # else proposed again: a no-op once the row is there
+                    rows[key] = {**dict(zip(TRIAL_PROPOSED_COLUMNS, params)), **defaults}
+                continue
+            update = _UPDATES.get(sql)
+            key = update.key(params) if update else None
+            if key not in new:
+                left.append((sql, params))
+                continue
+            row = rows.get(key)  # None before the proposal: no row, a no-op
+            if row is not None and update.holds(row, params):
+                row.update(zip(update.columns, params))
         if left:
             rest.append((event, left))
-    if not rows:
-        return [], folds
     inserts = [tuple(row.values()) for row in rows.values()]
     return [(_insert_trial(tuple(next(iter(rows.values())))), inserts)], rest
-
-
-def _fold_into(rows: dict[TrialKey, dict], new: set[TrialKey], defaults: dict, sql: str, params: tuple) -> bool:
-    """Fold one statement into the rows of new trials held in memory; False: it is left for SQL."""
-    if sql == TRIAL_PROPOSED:
-        key = (params[0], params[1])
-        if key in new and key not in rows:
-            rows[key] = {**dict(zip(TRIAL_PROPOSED_COLUMNS, params)), **defaults}
-        return key in new  # proposed again: a no-op once the row is there
-    update = _UPDATES.get(sql)
-    if update is None:
-        return False
-    width = len(update.columns)
-    key = (params[width], params[width + 1])
-    if key not in new:
-        return False
-    row = rows.get(key)
-    if row is not None and update.holds(row, params):
-        row.update(zip(update.columns, params))
-    return True
 
 
 @cache

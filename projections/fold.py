@@ -3,7 +3,7 @@ event (bulk.py runs a batch's statements together, to the same effect)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import NamedTuple
 
 import msgspec
@@ -60,6 +60,10 @@ class TrialUpdate(NamedTuple):
     guard: str
     holds: Callable[[dict, tuple], bool]
 
+    def key(self, params: tuple) -> tuple[str, str]:
+        """The trial's campaign_id and trial_id, which follow the columns' values."""
+        return params[len(self.columns)], params[len(self.columns) + 1]
+
     @property
     def sql(self) -> str:
         assignments = ", ".join(f"{column} = ?" for column in self.columns)
@@ -93,7 +97,7 @@ OUTCOME_GATE = (
 )
 
 
-def statements(event: Event, seq: int) -> Iterable[Statement]:
+def statements(event: Event, seq: int) -> list[Statement]:
     """The SQL that folds one event into the lineage tables: a pure function of (event, seq).
 
     Booleans go in as ints, which SQLite stores them as anyway: sqlite3 first tries its adapter
@@ -101,42 +105,44 @@ def statements(event: Event, seq: int) -> Iterable[Statement]:
     c = event.campaign_id
     match event:
         case CampaignStarted():
-            yield CAMPAIGN_STARTED, (
+            return [(CAMPAIGN_STARTED, (
                 c, event.task, event.metric, event.direction, event.max_trials, event.arm, event.noise,
                 event.occurred_at, seq, event.bundle.sha256, _text(event.spec),
-            )
+            ))]
         case CampaignStopped():
-            yield CAMPAIGN_STOPPED, (event.occurred_at, event.reason, c)
+            return [(CAMPAIGN_STOPPED, (event.occurred_at, event.reason, c))]
         case SpecialistJoined():
-            yield SPECIALIST_JOINED, (c, event.specialist, event.surface, event.policy, event.occurred_at)
+            return [(SPECIALIST_JOINED, (c, event.specialist, event.surface, event.policy, event.occurred_at))]
         case TrialProposed():
-            yield TRIAL_PROPOSED, (
+            return [(TRIAL_PROPOSED, (
                 c, event.trial_id, seq, event.specialist, event.surface, event.policy, event.parent_id,
                 event.hypothesis, event.expected_delta, event.diff, _text(event.shown_ids),
                 _text(event.params), event.model, event.tokens_in, event.tokens_out, event.latency_s,
                 event.cost_usd, event.occurred_at,
-            )
+            ))]
         case TrialStarted():
-            yield TRIAL_STARTED, (event.occurred_at, event.executor, event.attempt, c, event.trial_id, event.attempt)
+            return [(TRIAL_STARTED, (event.occurred_at, event.executor, event.attempt, c, event.trial_id, event.attempt))]
         case TrialFinished():
-            yield TRIAL_FINISHED, (
+            return [(TRIAL_FINISHED, (
                 event.occurred_at, event.commit, event.exit_code, event.signal, int(event.timed_out),
                 event.wall_s, event.peak_rss_mb, event.log_tail, c, event.trial_id,
-            )
+            ))]
         case _TrialOutcome():
             scored = isinstance(event, TrialScored)
             score = event.score if scored else None
             incumbent = event.incumbent_score if scored else None
             delta = score - incumbent if score is not None and incumbent is not None else None
             ev = event.evidence
-            yield TRIAL_OUTCOME, (
+            outcome = (TRIAL_OUTCOME, (
                 type(event).__name__, event.label, score, _text(event.metrics) if scored else None,
                 event.incumbent_id if scored else None, incumbent, delta,
                 event.noise if scored else None, seq, event.occurred_at, ev.stage, ev.gate,
                 ev.measured, ev.limit, ev.frame, ev.message, c, event.trial_id,
-            )
-            for gate in event.gates if scored else ():
-                yield OUTCOME_GATE, (
-                    c, event.trial_id, gate.gate, int(gate.passed), gate.measured, gate.limit, gate.detail,
-                    c, event.trial_id, seq,
-                )
+            ))
+            gates = [
+                (OUTCOME_GATE, (c, event.trial_id, gate.gate, int(gate.passed), gate.measured, gate.limit,
+                                gate.detail, c, event.trial_id, seq))
+                for gate in (event.gates if scored else ())
+            ]
+            return [outcome, *gates]
+    return []

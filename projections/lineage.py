@@ -131,7 +131,7 @@ class Lineage:
             # SQLite copies it (measured: a fifth less CPU time than a batch of 2000 at once).
             for i in range(0, len(fresh), FOLD_CHUNK):
                 chunk = fresh[i : i + FOLD_CHUNK]
-                folds = [(event, list(statements(event, msg.seq))) for msg in chunk if (event := _event(msg))]
+                folds = [(event, statements(event, msg.seq)) for msg in chunk if (event := _event(msg))]
                 if bulk:
                     self._fold_in_bulk(folds)
                     applied += len(folds)

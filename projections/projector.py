@@ -8,7 +8,6 @@ after the swap is lost with that file, and read again from the log.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import itertools
@@ -17,9 +16,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import anyio
@@ -135,16 +132,12 @@ class Replayed:
 
 async def replay(batches: AsyncIterable[list[StoredMessage]], path: Path) -> Replayed:
     """Rebuild the lineage from `batches` (the stream from sequence 1, or an event file) into a fresh
-    file beside `path`, then swap it in.
-
-    The file's SQLite connection lives in a thread of its own, which folds one batch while this one
-    reads the next (SQLite lets go of the GIL while it works).
-    """
+    file beside `path`, then swap it in."""
     file = LineageFile(path)
     built = file.new_build()
     try:
-        with _without_cyclic_gc(), ThreadPoolExecutor(1, thread_name_prefix="arx-replay") as sqlite_thread:
-            result = await _fold_all(batches, built, sqlite_thread)
+        with _without_cyclic_gc():
+            result = await _fold_all(batches, built)
         file.swap_in(built)
     except BaseException:
         built.unlink(missing_ok=True)
@@ -165,27 +158,18 @@ def _without_cyclic_gc():
             gc.enable()
 
 
-async def _fold_all(batches: AsyncIterable[list[StoredMessage]], built: Path, thread: Executor) -> Replayed:
-    loop = asyncio.get_running_loop()
-
-    def call(function, *args):
-        return loop.run_in_executor(thread, function, *args)
-
+async def _fold_all(batches: AsyncIterable[list[StoredMessage]], built: Path) -> Replayed:
+    # In this thread: folding in a thread of its own, beside the reads, took a half more CPU time
+    # (the two fought over the GIL) and no less wall time. nats-server fills the socket meanwhile.
     began = time.perf_counter()
-    lineage = await call(partial(Lineage, built, durable=False))  # fsynced once, by swap_in
+    lineage = Lineage(built, durable=False)  # fsynced once, by swap_in
     try:
         applied = 0
-        folding = None
         async for batch in batches:
-            if folding is not None:
-                applied += await folding
-            folding = call(lineage.apply, batch)
-        if folding is not None:
-            applied += await folding
-        skipped, last_seq = await call(lineage.counter, "skipped"), await call(lineage.counter, "seq")
+            applied += lineage.apply(batch)
+        return Replayed(applied, lineage.counter("skipped"), lineage.checkpoint, time.perf_counter() - began)
     finally:
-        await call(lineage.close)
-    return Replayed(applied, skipped, last_seq, time.perf_counter() - began)
+        lineage.close()
 
 
 async def file_batches(path: Path) -> AsyncIterator[list[StoredMessage]]:
