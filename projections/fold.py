@@ -121,7 +121,8 @@ def statements(event: Event, seq: int) -> list[Statement]:
                 event.cost_usd, event.occurred_at,
             ))]
         case TrialStarted():
-            return [(TRIAL_STARTED, (event.occurred_at, event.executor, event.attempt, c, event.trial_id, event.attempt))]
+            attempt = event.attempt
+            return [(TRIAL_STARTED, (event.occurred_at, event.executor, attempt, c, event.trial_id, attempt))]
         case TrialFinished():
             return [(TRIAL_FINISHED, (
                 event.occurred_at, event.commit, event.exit_code, event.signal, int(event.timed_out),

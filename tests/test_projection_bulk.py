@@ -127,12 +127,12 @@ def test_random_logs_put_rows_out_of_phase_order():
             event = decode(msg.data)
         except (UnknownEvent, msgspec.DecodeError):
             continue
-        folds.append((event, list(statements(event, msg.seq))))
+        folds.append((event, statements(event, msg.seq)))
     assert len(list(bulk_runs(folds))) > 10
 
 
 def runs(events: list) -> int:
-    return len(list(bulk_runs([(e, list(statements(e, seq))) for seq, e in enumerate(events, 1)])))
+    return len(list(bulk_runs([(e, statements(e, seq)) for seq, e in enumerate(events, 1)])))
 
 
 def test_only_a_statement_that_does_not_commute_starts_a_new_run():
