@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from typing import ClassVar, Union
+from typing import Annotated, ClassVar, Union
 
 import msgspec
 
@@ -41,6 +41,11 @@ def check_token(kind: str, value: str) -> str:
     return value
 
 
+# Every integer in an event fits the 64-bit signed integer SQLite stores: msgspec alone would take
+# up to 2**64 - 1, and an event the lineage cannot store must fail to decode, not fail a whole batch.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -53,7 +58,7 @@ class ObjectRef(msgspec.Struct, frozen=True, kw_only=True):
     """Large bytes live in the object store; events carry only where and what."""
 
     name: str
-    size: int
+    size: Int64
     sha256: str
 
 
@@ -85,7 +90,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
     occurred_at: str = msgspec.field(default_factory=now)
     producer: str = ""
     causation_id: str | None = None
-    schema: int = 1
+    schema: Int64 = 1
 
     @property
     def aggregate_id(self) -> str:
@@ -102,7 +107,7 @@ class CampaignStarted(Event):
     task: str
     metric: str
     direction: str  # "min" or "max"
-    max_trials: int
+    max_trials: Int64
     bundle: ObjectRef
     arm: str = "lineage"
     noise: float = 0.0
@@ -113,7 +118,7 @@ class CampaignStopped(Event):
     verb: ClassVar[str] = "stopped"
 
     reason: str
-    trials: int = 0
+    trials: Int64 = 0
 
 
 class _TrialEvent(Event):
@@ -153,8 +158,8 @@ class TrialProposed(_TrialEvent):
     params: dict[str, float] = {}
     policy: str = ""
     model: str | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
+    tokens_in: Int64 = 0
+    tokens_out: Int64 = 0
     latency_s: float = 0.0
     cost_usd: float = 0.0
 
@@ -163,7 +168,7 @@ class TrialStarted(_TrialEvent):
     verb: ClassVar[str] = "started"
 
     executor: str
-    attempt: int = 1
+    attempt: Int64 = 1
     # The devices the executor runs the trial on, e.g. ["cuda:0", "cuda:1"]; empty: CPUs only.
     devices: list[str] = []
 
@@ -174,10 +179,10 @@ class _RunFinished(_TrialEvent):
     verb: ClassVar[str] = "finished"
 
     executor: str
-    attempt: int = 1
+    attempt: Int64 = 1
     commit: str = ""
-    exit_code: int | None = None
-    signal: int | None = None
+    exit_code: Int64 | None = None
+    signal: Int64 | None = None
     timed_out: bool = False
     wall_s: float = 0.0
     cpu_s: float = 0.0
@@ -220,7 +225,7 @@ class ReplicateFinished(_RunFinished, kw_only=True):
     aggregate: ClassVar[str] = "replicate"
 
     confirm_of: str
-    index: int
+    index: Int64
 
     @property
     def aggregate_id(self) -> str:

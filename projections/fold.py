@@ -1,14 +1,22 @@
-"""The SQL that folds events into the lineage tables: statements(event, seq) is the whole fold of one
-event (bulk.py runs a batch's statements together, to the same effect)."""
+"""How each event changes the lineage rows: fold(rows, event, seq), in log order, on rows held in memory.
+
+Lineage.apply reads the rows a batch's events name from the file, folds the batch into them here and
+writes each row back once. Every rule is idempotent, so a batch read again after a crash, a
+redelivered event or a rival outcome changes nothing it should not:
+- a campaign, a specialist or a trial is created by its first event of that kind (later ones are no-ops);
+- an event about a trial that has no row yet (logged before its proposal) does nothing;
+- the latest attempt's start wins, whatever order redeliveries are logged in;
+- the first outcome wins; a finish logged after it changes nothing, and only its gates are kept.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Iterable
 
 import msgspec
 
 from bus.events import (
+    OUTCOME_TYPES,
     CampaignStarted,
     CampaignStopped,
     Event,
@@ -20,7 +28,7 @@ from bus.events import (
     _TrialOutcome,
 )
 
-Statement = tuple[str, tuple]
+TrialKey = tuple[str, str]  # campaign_id, trial_id
 
 _json = msgspec.json.encode
 
@@ -29,121 +37,122 @@ def _text(value) -> str:
     return _json(value).decode()
 
 
-def _marks(count: int) -> str:
-    return ",".join("?" * count)
+class Rows:
+    """The rows one batch touches: those the file already has (read before the fold) and those the
+    batch creates, in the order they were created (their insertion order in the table)."""
+
+    def __init__(self, campaigns: dict[str, dict], trials: dict[TrialKey, dict], *, new_campaign: dict,
+                 new_trial: dict):
+        self.campaigns = campaigns
+        self.trials = trials
+        # Every column with the schema's default, in the schema's order, which every row keeps.
+        self.new_campaign = new_campaign
+        self.new_trial = new_trial
+        # Insert-only: the first row of a key wins, including over one already in the file.
+        self.specialists: list[tuple] = []
+        self.gates: list[tuple] = []
 
 
-CAMPAIGN_STARTED = (
-    "INSERT INTO campaigns (campaign_id, task, metric, direction, max_trials, arm, noise,"
-    " started_at, started_seq, bundle_sha256, spec) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-    " ON CONFLICT (campaign_id) DO NOTHING"
-)
-CAMPAIGN_STOPPED = "UPDATE campaigns SET stopped_at = ?, stop_reason = ? WHERE campaign_id = ? AND stopped_at IS NULL"
-SPECIALIST_JOINED = "INSERT INTO specialists VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING"
-TRIAL_PROPOSED_COLUMNS = (
-    "campaign_id", "trial_id", "proposed_seq", "specialist", "surface", "policy", "parent_id", "hypothesis",
-    "expected_delta", "diff", "shown_ids", "params", "model", "tokens_in", "tokens_out", "latency_s", "cost_usd",
-    "proposed_at",
-)
-TRIAL_PROPOSED = (
-    f"INSERT INTO trials ({', '.join(TRIAL_PROPOSED_COLUMNS)}) VALUES ({_marks(len(TRIAL_PROPOSED_COLUMNS))})"
-    " ON CONFLICT DO NOTHING"
-)
+def fold(rows: Rows, event: Event, seq: int) -> None:
+    """Apply one event to the rows (events that change no row, such as a confirmation run, do nothing)."""
+    apply = _FOLDS.get(type(event))
+    if apply is not None:
+        apply(rows, event, seq)
 
 
-class TrialUpdate(NamedTuple):
-    """UPDATE trials SET <columns> WHERE campaign_id = ? AND trial_id = ? AND <guard>, with params: the
-    columns' values, the trial's key, then the guard's value if it takes one. `holds` is the same
-    guard on a row held in memory (bulk.py folds trials new to the database that way)."""
-
-    columns: tuple[str, ...]
-    guard: str
-    holds: Callable[[dict, tuple], bool]
-
-    def key(self, params: tuple) -> tuple[str, str]:
-        """The trial's campaign_id and trial_id, which follow the columns' values."""
-        return params[len(self.columns)], params[len(self.columns) + 1]
-
-    @property
-    def sql(self) -> str:
-        assignments = ", ".join(f"{column} = ?" for column in self.columns)
-        return f"UPDATE trials SET {assignments} WHERE campaign_id = ? AND trial_id = ? AND {self.guard}"
+def named_rows(events: Iterable[Event]) -> tuple[set[str], dict[str, set[str]]]:
+    """The campaigns, and each campaign's trials, whose rows these events may change."""
+    campaigns: set[str] = set()
+    trials: dict[str, set[str]] = {}
+    for event in events:
+        kind = type(event)
+        if kind in _TRIAL_FOLDS:
+            trials.setdefault(event.campaign_id, set()).add(event.trial_id)
+        elif kind in _CAMPAIGN_FOLDS:
+            campaigns.add(event.campaign_id)
+    return campaigns, trials
 
 
-# The latest attempt wins, whatever order redeliveries are logged in.
-STARTED = TrialUpdate(
-    ("started_at", "executor", "attempts"), "attempts <= ?", lambda row, params: row["attempts"] <= params[-1]
-)
-FINISHED = TrialUpdate(
-    ("finished_at", "commit_sha", "exit_code", "signal", "timed_out", "wall_s", "peak_rss_mb", "log_tail"),
-    "outcome IS NULL",
-    lambda row, params: row["outcome"] is None,
-)
-OUTCOME = TrialUpdate(
-    ("outcome", "label", "score", "metrics", "incumbent_id", "incumbent_score", "delta", "noise", "outcome_seq",
-     "outcome_at", "evidence_stage", "evidence_gate", "evidence_measured", "evidence_limit", "evidence_frame",
-     "evidence_message"),
-    "outcome IS NULL",
-    lambda row, params: row["outcome"] is None,
-)
-TRIAL_UPDATES = (STARTED, FINISHED, OUTCOME)
-UPDATED_COLUMNS = tuple(dict.fromkeys(column for update in TRIAL_UPDATES for column in update.columns))
-TRIAL_STARTED, TRIAL_FINISHED, TRIAL_OUTCOME = (update.sql for update in TRIAL_UPDATES)
-# Only the verdicts of the outcome that won: a later rival outcome adds no gates. Params: the gate's
-# row (the gates table's columns in order), then the trial's key and the outcome's seq.
-OUTCOME_GATE = (
-    "INSERT INTO gates SELECT ?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM trials"
-    " WHERE campaign_id = ? AND trial_id = ? AND outcome_seq = ?) ON CONFLICT DO NOTHING"
-)
+# Booleans go in as ints, which SQLite stores them as anyway.
 
 
-def statements(event: Event, seq: int) -> list[Statement]:
-    """The SQL that folds one event into the lineage tables: a pure function of (event, seq).
+def _campaign_started(rows: Rows, event: CampaignStarted, seq: int) -> None:
+    if event.campaign_id not in rows.campaigns:
+        rows.campaigns[event.campaign_id] = {
+            **rows.new_campaign,
+            "campaign_id": event.campaign_id, "task": event.task, "metric": event.metric,
+            "direction": event.direction, "max_trials": event.max_trials, "arm": event.arm, "noise": event.noise,
+            "started_at": event.occurred_at, "started_seq": seq, "bundle_sha256": event.bundle.sha256,
+            "spec": _text(event.spec),
+        }
 
-    Booleans go in as ints, which SQLite stores them as anyway: sqlite3 first tries its adapter
-    protocol on a bool (an int subclass), which costs more than binding the rest of the row."""
-    c = event.campaign_id
-    match event:
-        case CampaignStarted():
-            return [(CAMPAIGN_STARTED, (
-                c, event.task, event.metric, event.direction, event.max_trials, event.arm, event.noise,
-                event.occurred_at, seq, event.bundle.sha256, _text(event.spec),
-            ))]
-        case CampaignStopped():
-            return [(CAMPAIGN_STOPPED, (event.occurred_at, event.reason, c))]
-        case SpecialistJoined():
-            return [(SPECIALIST_JOINED, (c, event.specialist, event.surface, event.policy, event.occurred_at))]
-        case TrialProposed():
-            return [(TRIAL_PROPOSED, (
-                c, event.trial_id, seq, event.specialist, event.surface, event.policy, event.parent_id,
-                event.hypothesis, event.expected_delta, event.diff, _text(event.shown_ids),
-                _text(event.params), event.model, event.tokens_in, event.tokens_out, event.latency_s,
-                event.cost_usd, event.occurred_at,
-            ))]
-        case TrialStarted():
-            attempt = event.attempt
-            return [(TRIAL_STARTED, (event.occurred_at, event.executor, attempt, c, event.trial_id, attempt))]
-        case TrialFinished():
-            return [(TRIAL_FINISHED, (
-                event.occurred_at, event.commit, event.exit_code, event.signal, int(event.timed_out),
-                event.wall_s, event.peak_rss_mb, event.log_tail, c, event.trial_id,
-            ))]
-        case _TrialOutcome():
-            scored = isinstance(event, TrialScored)
-            score = event.score if scored else None
-            incumbent = event.incumbent_score if scored else None
-            delta = score - incumbent if score is not None and incumbent is not None else None
-            ev = event.evidence
-            outcome = (TRIAL_OUTCOME, (
-                type(event).__name__, event.label, score, _text(event.metrics) if scored else None,
-                event.incumbent_id if scored else None, incumbent, delta,
-                event.noise if scored else None, seq, event.occurred_at, ev.stage, ev.gate,
-                ev.measured, ev.limit, ev.frame, ev.message, c, event.trial_id,
-            ))
-            gates = [
-                (OUTCOME_GATE, (c, event.trial_id, gate.gate, int(gate.passed), gate.measured, gate.limit,
-                                gate.detail, c, event.trial_id, seq))
-                for gate in (event.gates if scored else ())
-            ]
-            return [outcome, *gates]
-    return []
+
+def _campaign_stopped(rows: Rows, event: CampaignStopped, seq: int) -> None:
+    row = rows.campaigns.get(event.campaign_id)
+    if row is not None and row["stopped_at"] is None:
+        row["stopped_at"], row["stop_reason"] = event.occurred_at, event.reason
+
+
+def _specialist_joined(rows: Rows, event: SpecialistJoined, seq: int) -> None:
+    rows.specialists.append((event.campaign_id, event.specialist, event.surface, event.policy, event.occurred_at))
+
+
+def _trial_proposed(rows: Rows, event: TrialProposed, seq: int) -> None:
+    key = (event.campaign_id, event.trial_id)
+    if key not in rows.trials:
+        rows.trials[key] = {
+            **rows.new_trial,
+            "campaign_id": event.campaign_id, "trial_id": event.trial_id, "proposed_seq": seq,
+            "specialist": event.specialist, "surface": event.surface, "policy": event.policy,
+            "parent_id": event.parent_id, "hypothesis": event.hypothesis, "expected_delta": event.expected_delta,
+            "diff": event.diff, "shown_ids": _text(event.shown_ids), "params": _text(event.params),
+            "model": event.model, "tokens_in": event.tokens_in, "tokens_out": event.tokens_out,
+            "latency_s": event.latency_s, "cost_usd": event.cost_usd, "proposed_at": event.occurred_at,
+        }
+
+
+def _trial_started(rows: Rows, event: TrialStarted, seq: int) -> None:
+    row = rows.trials.get((event.campaign_id, event.trial_id))
+    if row is not None and row["attempts"] <= event.attempt:
+        row["started_at"], row["executor"], row["attempts"] = event.occurred_at, event.executor, event.attempt
+
+
+def _trial_finished(rows: Rows, event: TrialFinished, seq: int) -> None:
+    row = rows.trials.get((event.campaign_id, event.trial_id))
+    if row is not None and row["outcome"] is None:
+        row.update(
+            finished_at=event.occurred_at, commit_sha=event.commit, exit_code=event.exit_code, signal=event.signal,
+            timed_out=int(event.timed_out), wall_s=event.wall_s, peak_rss_mb=event.peak_rss_mb,
+            log_tail=event.log_tail,
+        )
+
+
+def _trial_outcome(rows: Rows, event: _TrialOutcome, seq: int) -> None:
+    row = rows.trials.get((event.campaign_id, event.trial_id))
+    if row is None or row["outcome"] is not None:
+        return
+    ev = event.evidence
+    row.update(
+        outcome=type(event).__name__, label=event.label, outcome_seq=seq, outcome_at=event.occurred_at,
+        evidence_stage=ev.stage, evidence_gate=ev.gate, evidence_measured=ev.measured, evidence_limit=ev.limit,
+        evidence_frame=ev.frame, evidence_message=ev.message,
+    )
+    if not isinstance(event, TrialScored):
+        return
+    score, incumbent = event.score, event.incumbent_score
+    row.update(
+        score=score, metrics=_text(event.metrics), incumbent_id=event.incumbent_id, incumbent_score=incumbent,
+        delta=score - incumbent if score is not None and incumbent is not None else None, noise=event.noise,
+    )
+    rows.gates += [
+        (row["campaign_id"], row["trial_id"], gate.gate, int(gate.passed), gate.measured, gate.limit, gate.detail)
+        for gate in event.gates
+    ]
+
+
+_CAMPAIGN_FOLDS = {CampaignStarted: _campaign_started, CampaignStopped: _campaign_stopped}
+_TRIAL_FOLDS = {
+    TrialProposed: _trial_proposed, TrialStarted: _trial_started, TrialFinished: _trial_finished,
+    **{outcome: _trial_outcome for outcome in OUTCOME_TYPES},
+}
+_FOLDS = {**_CAMPAIGN_FOLDS, SpecialistJoined: _specialist_joined, **_TRIAL_FOLDS}

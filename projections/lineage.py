@@ -1,9 +1,9 @@
-"""The lineage projection: fold events into SQLite, one transaction per batch (whose statements run in
-bulk, to the same effect as one by one: see bulk.py).
+"""The lineage projection: fold events into SQLite, one transaction per batch.
 
-The last applied stream sequence is stored in the same transaction as the rows it produced, so a
-crash can make a batch be read again but never applied twice; every statement is also idempotent on
-its own (INSERT ... ON CONFLICT, outcome written only while a trial has none).
+A batch reads the rows its events name, folds the events into them in memory (fold.py), and writes
+each row back once: one executemany per table, whatever the batch's size. The last applied stream
+sequence is stored in the same transaction as the rows it produced, so a crash can make a batch be
+read again but never applied twice, and every fold rule is idempotent besides.
 
 Files use SQLite's rollback journal, not WAL: `arx replay` swaps files under a running projector and
 its readers (see lineage_file.py), and a rollback journal exists only while a batch is written,
@@ -13,11 +13,11 @@ where WAL's -wal/-shm files live on beside the file for as long as anyone has it
 from __future__ import annotations
 
 import ast
-import itertools
 import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,13 +26,10 @@ import sqlite_utils
 
 from bus.connection import StoredMessage
 from bus.events import Event, UnknownEvent, decode
-from projections.bulk import Fold, TrialKey, bulk_runs, new_trials
-from projections.fold import UPDATED_COLUMNS, Statement, statements
-
-FOLD_CHUNK = 256
+from projections.fold import Rows, fold, named_rows
 
 # sqlite3 binds a None only after looking for an adapter for it, through two attribute lookups that
-# fail with formatted error messages: a tenth of a bulk fold's time. With one registered, that ends
+# fail with formatted error messages: a tenth of a bulk write's time. With one registered, that ends
 # at a dict lookup. The adapter gives None back, which binds as NULL as before.
 sqlite3.register_adapter(type(None), lambda none: none)
 
@@ -95,8 +92,7 @@ class Lineage:
         self.db = sqlite_utils.Database(conn)
         if not readonly:
             conn.executescript(SCHEMA)
-            columns = conn.execute("PRAGMA table_info(trials)").fetchall()
-            self._defaults = {name: _literal(value) for _, name, _, _, value, _ in columns if name in UPDATED_COLUMNS}
+            self._new_campaign, self._new_trial = (_new_row(conn, table) for table in ("campaigns", "trials"))
 
     @property
     def checkpoint(self) -> int:
@@ -111,69 +107,54 @@ class Lineage:
         """Fold a batch in one transaction with its checkpoint; returns how many events applied.
 
         Messages at or below the checkpoint are ignored (a batch read again after a crash). A message
-        that is not an event this version knows, or whose rows SQLite refuses, is skipped and counted.
+        that is not an event this version knows is skipped and counted.
         """
-        try:
-            return self._apply(batch, bulk=True)
-        except OverflowError:
-            # msgspec decodes integers up to 2**64, SQLite stores 63 bits: fold the batch again one
-            # event at a time, leaving out the events SQLite refuses.
-            return self._apply(batch, bulk=False)
-
-    def _apply(self, batch: list[StoredMessage], *, bulk: bool) -> int:
-        applied = 0
         with self._transaction():
             start = self.checkpoint
             fresh = [msg for msg in batch if msg.seq > start]
             if not fresh:
                 return 0
-            # A few hundred events at a time: their decoded text is still in the CPU's caches when
-            # SQLite copies it (measured: a fifth less CPU time than a batch of 2000 at once).
-            for i in range(0, len(fresh), FOLD_CHUNK):
-                chunk = fresh[i : i + FOLD_CHUNK]
-                folds = [(event, statements(event, msg.seq)) for msg in chunk if (event := _event(msg))]
-                if bulk:
-                    self._fold_in_bulk(folds)
-                    applied += len(folds)
-                else:
-                    applied += sum(self._fold_one(stmts) for _, stmts in folds)
+            events = [(event, msg.seq) for msg in fresh if (event := _event(msg))]
+            rows = self._rows_named_by(events)
+            for event, seq in events:
+                fold(rows, event, seq)
+            self._write(rows)
             self._set("seq", fresh[-1].seq)
-            self._set("skipped", self.counter("skipped") + len(fresh) - applied)
-        return applied
+            self._set("skipped", self.counter("skipped") + len(fresh) - len(events))
+        return len(events)
 
-    def _fold_in_bulk(self, folds: list[Fold]) -> None:
-        """The same rows as _fold_one for each, in far fewer statements (see bulk.py)."""
-        inserts, rest = new_trials(folds, self._existing, self._defaults)
-        for run in itertools.chain([inserts], bulk_runs(rest)):
-            for sql, rows in run:
-                self.db.conn.executemany(sql, rows)
+    def _rows_named_by(self, events: list[tuple[Event, int]]) -> Rows:
+        """The campaign and trial rows these events may change, as the file has them."""
+        campaigns, trials = named_rows(event for event, _ in events)
+        return Rows(
+            {row["campaign_id"]: row for row in self._select("campaigns", "campaign_id", {None: campaigns})},
+            {(row["campaign_id"], row["trial_id"]): row for row in self._select("trials", "trial_id", trials)},
+            new_campaign=self._new_campaign, new_trial=self._new_trial,
+        )
 
-    def _existing(self, keys: list[TrialKey]) -> set[TrialKey]:
-        """Which of these trials have a row already."""
-        found = set()
-        for campaign in {c for c, _ in keys}:
-            ids = [t for c, t in keys if c == campaign]
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                rows = self.db.execute(
-                    f"SELECT trial_id FROM trials WHERE campaign_id = ? AND trial_id IN ({','.join('?' * len(chunk))})",
-                    (campaign, *chunk),
-                )
-                found.update((campaign, trial) for (trial,) in rows.fetchall())
-        return found
+    def _select(self, table: str, key: str, wanted: dict[str | None, set[str]]) -> Iterator[dict]:
+        """Rows of `table` whose `key` is in wanted[campaign] (campaign None: any campaign)."""
+        for campaign, values in wanted.items():
+            values = sorted(values)
+            for i in range(0, len(values), 500):
+                chunk = values[i : i + 500]
+                where = f"{key} IN ({','.join('?' * len(chunk))})"
+                if campaign is not None:
+                    where, chunk = f"campaign_id = ? AND {where}", [campaign, *chunk]
+                cursor = self.db.conn.execute(f"SELECT * FROM {table} WHERE {where}", chunk)
+                names = [d[0] for d in cursor.description]
+                yield from (dict(zip(names, row)) for row in cursor)
 
-    def _fold_one(self, stmts: list[Statement]) -> bool:
-        """Run one event's statements, or none of them if SQLite refuses one."""
-        self.db.conn.execute("SAVEPOINT event")
-        try:
-            for sql, params in stmts:
-                self.db.conn.execute(sql, params)
-        except OverflowError:
-            self.db.conn.execute("ROLLBACK TO event")
-            return False
-        finally:
-            self.db.conn.execute("RELEASE event")
-        return True
+    def _write(self, rows: Rows) -> None:
+        conn = self.db.conn
+        if rows.campaigns:
+            conn.executemany(*_upsert("campaigns", ("campaign_id",), rows.campaigns.values()))
+        if rows.specialists:
+            conn.executemany("INSERT INTO specialists VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING", rows.specialists)
+        if rows.trials:
+            conn.executemany(*_upsert("trials", ("campaign_id", "trial_id"), rows.trials.values()))
+        if rows.gates:
+            conn.executemany("INSERT INTO gates VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows.gates)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -199,6 +180,27 @@ class Lineage:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _new_row(conn: sqlite3.Connection, table: str) -> dict:
+    """A row of `table` as INSERT would make it with no values given: every column, in schema order."""
+    return {name: _literal(default) for _, name, _, _, default, _ in conn.execute(f"PRAGMA table_info({table})")}
+
+
+@cache
+def _upsert_sql(table: str, key: tuple[str, ...], columns: tuple[str, ...]) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+def _upsert(table: str, key: tuple[str, ...], rows) -> tuple[str, list[tuple]]:
+    """Insert or rewrite whole rows, which all name their columns in one (the schema's) order. An
+    existing row keeps its rowid, so the table reads in the order its rows were first inserted."""
+    rows = list(rows)
+    return _upsert_sql(table, key, tuple(rows[0])), [tuple(row.values()) for row in rows]
 
 
 def _literal(default: str | None):

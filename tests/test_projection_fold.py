@@ -29,7 +29,7 @@ UNUSABLE = {
     f"arx.ev.{C}.trial.t9.proposed": b"\x00\xffnot json at all",
     f"arx.ev.{C}.trial.t1.reviewed": b'{"type": "TrialReviewed", "event_id": "r1", "campaign_id": "c1"}',
     f"arx.ev.{C}.trial.t1.started": b'{"type": "TrialStarted", "campaign_id": "c1"}',  # no trial_id
-    # Decodes (msgspec takes 64-bit unsigned) but SQLite stores at most 63 bits.
+    # An integer past what SQLite stores (64 bits, signed): the event does not decode.
     f"arx.ev.{C}.trial.t5.started": b'{"type": "TrialStarted", "event_id": "big", "campaign_id": "c1",'
     b' "trial_id": "t5", "executor": "x", "attempt": 18446744073709551615}',
 }
