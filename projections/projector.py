@@ -26,7 +26,7 @@ from bus.eventfile import read_lines
 from bus.settings import load_settings
 from projections.follow import BUS_ERRORS, RETRY_S, log_retry
 from projections.lineage import Lineage
-from projections.lineage_file import LineageFile
+from projections.lineage_file import LineageFile, flushed_meanwhile
 
 log = logging.getLogger("arx.projector")
 
@@ -136,7 +136,7 @@ async def replay(batches: AsyncIterable[list[StoredMessage]], path: Path) -> Rep
     file = LineageFile(path)
     built = file.new_build()
     try:
-        with _without_cyclic_gc():
+        with _without_cyclic_gc(), flushed_meanwhile(built):
             result = await _fold_all(batches, built)
         file.swap_in(built)
     except BaseException:
