@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 from urllib.parse import ParseResult
@@ -22,6 +23,7 @@ READ_CHUNK = 1 << 20
 HEARTBEAT_S = 1.0  # the server's idle heartbeat while a following pull waits for new messages
 SILENT_HEARTBEATS = 5  # a following pull hears a heartbeat a second: this long without one, the server is gone
 FOLLOW_EXPIRES_S = 5.0
+CATCH_UP_REQUESTS = 2  # pull requests open at once while catching up
 REPLY_TIMEOUT_S = 15.0  # a catch-up pull's messages come at once; this bounds a stalled server
 DONE = (404, 408)  # No Messages, Request Timeout: the pull ended short of its batch
 HEARTBEAT = 100
@@ -96,21 +98,29 @@ class PullReader:
             timeout = REPLY_TIMEOUT_S
         payload = json.dumps(request).encode()
         ask = b"PUB %s %s %d\r\n%s\r\n" % (subject, self._inbox, len(payload), payload)
-        self._writer.write(ask)
+        owed: deque[int] = deque()  # per open pull request, oldest first: messages it may still deliver
+
+        def ask_for_more(requests: int) -> None:
+            self._writer.write(ask * requests)
+            owed.extend([batch] * requests)
+
+        # Catching up, a second request waits at the server behind the first: the server goes on
+        # reading the stream for it while this process folds what the first one brought.
+        ask_for_more(1 if follow else CATCH_UP_REQUESTS)
         got: list[StoredMessage] = []
-        owed = batch  # messages the open pull request may still deliver
         while True:
             messages, statuses, pending = await self._receive(timeout)
             got += messages
-            owed -= len(messages)
-            ended = owed <= 0 or any(code in DONE for code in statuses)
+            filled, stopped = _settle(owed, len(messages), sum(code in DONE for code in statuses))
             caught_up = pending == 0 or (not follow and bool(got) and got[-1].seq >= end)
-            finished = not follow and (caught_up or (ended and not got))
-            if ended and not finished:
-                owed = batch
-                self._writer.write(ask)  # before handing this batch on: the server fills the socket meanwhile
-            if got and (ended or caught_up):
-                yield got
+            # Catching up, a request stopped short had nothing more to give: only a filled one is renewed.
+            finished = not follow and (caught_up or (not owed and not got))
+            renew = filled + (stopped if follow else 0)
+            if renew and not finished:
+                ask_for_more(renew)  # before handing this batch on: the server fills the socket meanwhile
+            if got and (filled or stopped or caught_up):
+                for i in range(0, len(got), batch):  # one read may complete both open requests
+                    yield got[i : i + batch]
                 got = []
             if finished:
                 return
@@ -165,6 +175,23 @@ class PullReader:
                 pos = eol + 2
         self._rest = buf[pos:]
         return messages, statuses, pending
+
+
+def _settle(owed: deque[int], delivered: int, statuses: int) -> tuple[int, int]:
+    """Count `delivered` messages against the oldest open requests, then let each pull status end
+    the oldest request still open; returns how many requests were filled and how many stopped short."""
+    filled = 0
+    while delivered and owed:
+        taken = min(delivered, owed[0])
+        delivered -= taken
+        owed[0] -= taken
+        if owed[0] == 0:
+            owed.popleft()
+            filled += 1
+    stopped = min(statuses, len(owed))
+    for _ in range(stopped):
+        owed.popleft()
+    return filled, stopped
 
 
 def _ns(seconds: float) -> int:
