@@ -34,6 +34,9 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+MEASURE_DEVICES_HELP = "the devices to run the starting recipe on: cpu (default), auto, or GPUs like cuda:0,cuda:1"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="arx", description="Auto research as a closed empirical loop over NATS JetStream.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--noise", type=float, help="relative noise floor (default: the task's)")
     noise.add_argument("--measure-noise", type=_at_least_two, metavar="RUNS",
                        help="measure the noise floor first, over this many runs of the starting recipe")
+    start.add_argument("--devices", default="cpu", help=f"with --measure-noise: {MEASURE_DEVICES_HELP}")
     running = campaign_sub.add_parser("running", help="print the id of the latest campaign still running")
     running.add_argument("--task", help="only campaigns of this task")
     stop = campaign_sub.add_parser("stop", help="publish CampaignStopped")
@@ -62,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise_cmd.add_argument("--task", required=True)
     noise_cmd.add_argument("--runs", type=_at_least_two, default=5)
     noise_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    noise_cmd.add_argument("--devices", default="cpu", help=MEASURE_DEVICES_HELP)
 
     task = sub.add_parser("task", help=helps["task"])
     task.add_argument("name", nargs="?", help="a task name (omit to list them)")

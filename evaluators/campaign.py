@@ -69,11 +69,13 @@ async def start_campaign(
     return started
 
 
-async def measured_noise(task: Task, runs: int) -> float:
+async def measured_noise(task: Task, runs: int, devices: str) -> float:
     """The noise floor measured on the starting recipe (the report goes to stderr: stdout is the id)."""
     from evaluators.noise import measure_noise
+    from executors.devices import parse_devices
 
-    report = await measure_noise(task, runs, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    report = await measure_noise(task, runs, devices=parse_devices(devices),
+                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
     noise = report.stats.relative_std  # raises when a run gave no score: no campaign on a broken baseline
     print(report.render(), file=sys.stderr, flush=True)
     return noise
@@ -112,7 +114,7 @@ async def _main(args) -> None:
             campaign_id = args.campaign or default_campaign_id(task.name)
             noise = args.noise
             if args.measure_noise:
-                noise = await measured_noise(task, args.measure_noise)
+                noise = await measured_noise(task, args.measure_noise, args.devices)
             await start_campaign(bus, task, campaign_id=campaign_id, trials=args.trials, arm=args.arm, noise=noise)
             print(campaign_id)
         else:

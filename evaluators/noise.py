@@ -2,7 +2,8 @@
 
 Each run goes the way a trial's does, minus the bus: the campaign bundle unpacked into a fresh run dir,
 the task's prepare(), the recipe run by executors.worker.run_recipe (the trial's limits, and for a timed
-task the host's core lock and pinning), the artifact scored in the evaluator's sandbox, and the score
+task the host's core lock and pinning, for a GPU task the devices given), scored as the evaluator scores
+a trial (the artifact in its sandbox, or for an official task the lines of the run's log), and the score
 picked the way the evaluator picks it (labels.judge): wall_s for digits-speedrun, val_bpb for golf-mini.
 The standard deviation of the scores over their median is the relative noise floor a campaign records
 (CampaignStarted.noise) and the evaluator's keep rule uses.
@@ -24,10 +25,12 @@ from pathlib import Path
 from bus.events import TrialFinished
 from bus.settings import load_settings
 from evaluators import labels
+from evaluators.official_log import score_log
 from evaluators.sandbox import SandboxPool
 from evaluators.spec import Task, load_task, pack_folder
 from evaluators.unpack import unpack_artifact
 from evaluators.worker import evaluate_artifact
+from executors.devices import CPU, Devices, device_class, parse_devices
 from executors.sandbox import Limits
 from executors.worker import log_tail, run_recipe
 
@@ -91,11 +94,15 @@ class NoiseReport:
         ])
 
 
-async def measure_noise(task: Task, runs: int, *, home: Path | None = None,
+async def measure_noise(task: Task, runs: int, *, home: Path | None = None, devices: Devices = Devices(),
                         progress: Callable[[str], None] | None = None) -> NoiseReport:
     """Run the task's starting recipe `runs` times, one after another, and score every run."""
     if runs < 2:
         raise ValueError(f"measuring noise needs at least 2 runs, not {runs}")
+    needs = device_class(task.spec.requires)
+    if needs != devices.kind:
+        where = "with --devices auto or a list like cuda:0,cuda:1" if needs != CPU else "on CPUs, without --devices"
+        raise ValueError(f"task {task.name} runs on {needs} devices: measure its noise {where}")
     settings = load_settings()
     home = Path(home or settings.home)
     home.mkdir(parents=True, exist_ok=True)
@@ -103,7 +110,7 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None,
     budgets = spec.budgets
     limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb)
     bundle = task.bundle()
-    inputs, targets = await asyncio.to_thread(module.heldout)
+    heldout = None if spec.scored_from == "log" else await asyncio.to_thread(module.heldout)
     load_before = os.getloadavg()
     scores, failures = [], []
     work = Path(tempfile.mkdtemp(prefix=f"noise-{task.name}-", dir=home))
@@ -114,7 +121,9 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None,
             run_dir.mkdir()
             await asyncio.to_thread(unpack_artifact, bundle, run_dir)
             await asyncio.to_thread(module.prepare, run_dir)
-            result = await asyncio.to_thread(run_recipe, spec, run_dir, limits, work / f"run-{run}.log", home=home)
+            result = await asyncio.to_thread(
+                run_recipe, spec, run_dir, limits, work / f"run-{run}.log", home=home, devices=devices
+            )
             finished = TrialFinished(
                 event_id=f"noise-run-{run}", campaign_id="noise", trial_id=f"run-{run}", executor="arx-noise",
                 exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out, wall_s=result.wall_s,
@@ -122,14 +131,7 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None,
                 limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb},
                 log_tail=log_tail(result.log, settings.log_tail_chars),
             )
-            evaluation = None
-            if labels.scorable(finished):
-                artifact = run_dir / "artifact"
-                if artifact.is_dir():
-                    packed = await asyncio.to_thread(pack_folder, artifact)
-                    evaluation = await evaluate_artifact(pool, task, packed, inputs, targets, name=f"run-{run}")
-                else:
-                    evaluation = labels.Evaluation(failed="artifact", error="the run produced no artifact")
+            evaluation = await _evaluate(task, run_dir, result.log, pool, heldout) if labels.scorable(finished) else None
             verdict = labels.judge(finished, spec, evaluation)
             if verdict.label == labels.PASSED:
                 scores.append(verdict.score)
@@ -147,13 +149,25 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None,
                        cpus=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg())
 
 
+async def _evaluate(task: Task, run_dir: Path, log_path: Path, pool: SandboxPool, heldout) -> labels.Evaluation:
+    """A finished run's evaluation, made as the evaluator makes a trial's (Evaluator.evaluate)."""
+    if task.spec.scored_from == "log":
+        return score_log(task, log_path.read_bytes())
+    artifact = run_dir / "artifact"
+    if not artifact.is_dir():
+        return labels.Evaluation(failed="artifact", error="the run produced no artifact")
+    packed = await asyncio.to_thread(pack_folder, artifact)
+    inputs, targets = heldout
+    return await evaluate_artifact(pool, task, packed, inputs, targets, name=run_dir.name)
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
 def cli(args) -> int:
     task = load_task(args.task)
-    report = asyncio.run(measure_noise(task, args.runs, progress=_stderr))
+    report = asyncio.run(measure_noise(task, args.runs, devices=parse_devices(args.devices), progress=_stderr))
     # A run without a score raises ValueError here: `arx` prints it as one line and exits 1.
     print(json.dumps(report.to_dict()) if args.json else report.render())
     return 0

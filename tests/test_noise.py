@@ -246,3 +246,42 @@ def test_a_baseline_that_fails_is_no_noise_floor(arx_env, tmp_path, monkeypatch)
     done = cluster.arx("campaign", "start", "--task", "tiny-timed", "--measure-noise", "2", timeout=WAIT_S)
     assert done.returncode == 1 and done.stdout == ""
     assert "arx campaign: 2 of 2 runs gave no score" in done.stderr, done.stderr
+
+
+# What an official task's parse_log would read: here the recipe's own line, full <start> <end> ...
+ELAPSED_FROM_LOG = '''
+
+def parse_log(text):
+    kind, start, end = text.strip().splitlines()[-1].split()[:3]
+    return {"value": float(end) - float(start)}
+'''
+
+
+def log_scored_task(tasks: Path, name: str, *, requires: str = "") -> Path:
+    """A tiny task scored from its run's log, as the official adapters are; its recipe sleeps 0.2 s."""
+    folder = write_task(tasks, name, noise=0.05)
+    toml = folder / "task.toml"
+    toml.write_text(f'scored_from = "log"\n{requires}\n' + toml.read_text())
+    with open(folder / "task.py", "a") as task_py:
+        task_py.write(ELAPSED_FROM_LOG)
+    recipe = folder / "recipe" / "train.py"
+    recipe.write_text(recipe.read_text().replace("SLEEP = 0.0", "SLEEP = 0.2"))
+    return folder
+
+
+def test_arx_noise_scores_an_official_task_from_its_runs_logs(arx_env, tmp_path, monkeypatch):
+    tasks = tmp_path / "tasks"
+    log_scored_task(tasks, "tiny-log")
+    log_scored_task(tasks, "tiny-gpu", requires='requires = ["cuda"]')
+    use_tasks(monkeypatch, tasks)
+    cluster = Cluster({**arx_env, "ARX_TASKS_PATH": os.environ["ARX_TASKS_PATH"]}, tmp_path / "logs")
+
+    done = cluster.arx("noise", "--task", "tiny-log", "--runs", "2", "--json", timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    # The artifact says 5.0; the log says how long the recipe slept.
+    assert report["failures"] == [] and all(0.2 <= s < 5.0 for s in report["scores"]), report
+
+    done = cluster.arx("noise", "--task", "tiny-gpu", "--runs", "2", timeout=WAIT_S)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "task tiny-gpu runs on cuda devices: measure its noise with --devices auto" in done.stderr, done.stderr
