@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Start arx on this machine and run a campaign:
-#   scripts/up.sh [--task NAME] [--trials N] [--executors K] [--wait | --detach]
+#   scripts/up.sh [--task NAME] [--trials N] [--executors K] [--measure-noise RUNS] [--wait | --detach]
 # Sets up .venv, starts nats-server (unless one answers at NATS_URL), the projector, an evaluator,
 # K executors and the default specialists (pids and logs under .arx/), starts a campaign and shows
-# its progress. Run again, it reuses whatever is still running. scripts/down.sh stops it all.
+# its progress. --measure-noise times RUNS runs of the starting recipe first and records that noise
+# floor in the campaign instead of the task's prior. Run again, it reuses whatever is still running.
+# scripts/down.sh stops it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-task=digits-speedrun trials=30 executors=1 mode=watch
-usage() { echo "usage: scripts/up.sh [--task NAME] [--trials N] [--executors K] [--wait | --detach]" >&2; exit 2; }
+task=digits-speedrun trials=30 executors=1 mode=watch noise_runs=
+usage() { echo "usage: scripts/up.sh [--task NAME] [--trials N] [--executors K] [--measure-noise RUNS] [--wait | --detach]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --task) task=${2:?--task needs a value}; shift 2 ;;
         --trials) trials=${2:?--trials needs a value}; shift 2 ;;
         --executors) executors=${2:?--executors needs a value}; shift 2 ;;
+        --measure-noise) noise_runs=${2:?--measure-noise needs a value}; shift 2 ;;
         --wait) mode=wait; shift ;;
         --detach) mode=detach; shift ;;
         -h|--help) usage ;;
@@ -54,7 +57,7 @@ campaign=$($arx campaign running --task "$task")
 if [ -n "$campaign" ]; then
     echo "reusing running campaign $campaign"
 else
-    campaign=$($arx campaign start --task "$task" --trials "$trials")
+    campaign=$($arx campaign start --task "$task" --trials "$trials" ${noise_runs:+--measure-noise "$noise_runs"})
     echo "started campaign $campaign ($trials trials of $task)"
 fi
 # The default offline specialists: each bound to a surface of the task, plus combiner and repair.
