@@ -56,6 +56,15 @@ def stop(cluster: Cluster, name: str) -> None:
     assert proc.wait(timeout=15) == 0, cluster.log(name)[-2000:]
 
 
+def run_then_stop_the_projector(cluster: Cluster, scenario) -> None:
+    """Run the async scenario, then stop the projector cleanly; nothing the cluster started outlives it."""
+    try:
+        asyncio.run(scenario())
+        stop(cluster, "projector")
+    finally:
+        cluster.stop_all()
+
+
 def assert_equals_a_replay(cluster: Cluster, db, tmp_path, events: int) -> None:
     fresh = tmp_path / "replayed.db"
     done = cluster.arx("replay", "--db", str(fresh))
@@ -82,11 +91,7 @@ def test_a_projector_killed_mid_stream_ends_equal_to_a_replay(arx_env, tmp_path)
             last = await bus.last_seq()
             await wait_for(cluster, lambda: checkpoint(db) == last, "catching up after the restart")
 
-    try:
-        asyncio.run(scenario())
-        stop(cluster, "projector")
-    finally:
-        cluster.stop_all()
+    run_then_stop_the_projector(cluster, scenario)
     assert_equals_a_replay(cluster, db, tmp_path, len(events))
 
 
@@ -113,11 +118,7 @@ def test_replay_swaps_the_file_under_a_running_projector(arx_env, tmp_path):
             await publish_all(bus, events[half:])
             await wait_for(cluster, lambda: checkpoint(db) == len(events), "projection into the swapped-in file")
 
-    try:
-        asyncio.run(scenario())
-        stop(cluster, "projector")
-    finally:
-        cluster.stop_all()
+    run_then_stop_the_projector(cluster, scenario)
     assert "was replaced; reopening it" in cluster.log("projector")
     assert_equals_a_replay(cluster, db, tmp_path, len(events))
 
@@ -145,11 +146,7 @@ def test_the_projector_goes_on_after_nats_server_is_killed(arx_env, nats_server,
             await publish_all(bus, events[2 * third :])
             await wait_for(cluster, lambda: checkpoint(db) == len(events), "projection after losing the consumer")
 
-    try:
-        asyncio.run(scenario())
-        stop(cluster, "projector")
-    finally:
-        cluster.stop_all()
+    run_then_stop_the_projector(cluster, scenario)
     assert_equals_a_replay(cluster, db, tmp_path, len(events))
 
 
@@ -170,10 +167,6 @@ def test_the_projector_outlives_a_reader_that_locks_the_file(arx_env, tmp_path):
             reader.close()
             await wait_for(cluster, lambda: checkpoint(db) == len(events), "projection after the lock")
 
-    try:
-        asyncio.run(scenario())
-        stop(cluster, "projector")
-    finally:
-        cluster.stop_all()
+    run_then_stop_the_projector(cluster, scenario)
     assert "OperationalError: database is locked; reading again from the checkpoint" in cluster.log("projector")
     assert_equals_a_replay(cluster, db, tmp_path, len(events))
