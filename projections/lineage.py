@@ -127,21 +127,21 @@ class Lineage:
         """The campaign and trial rows these events may change, as the file has them."""
         campaigns, trials = named_rows(event for event, _ in events)
         return Rows(
-            {row["campaign_id"]: row for row in self._select("campaigns", "campaign_id", {None: campaigns})},
+            {row["campaign_id"]: row for row in self._select("campaigns", "campaign_id", {c: {c} for c in campaigns})},
             {(row["campaign_id"], row["trial_id"]): row for row in self._select("trials", "trial_id", trials)},
             new_campaign=self._new_campaign, new_trial=self._new_trial,
         )
 
-    def _select(self, table: str, key: str, wanted: dict[str | None, set[str]]) -> Iterator[dict]:
-        """Rows of `table` whose `key` is in wanted[campaign] (campaign None: any campaign)."""
+    def _select(self, table: str, key: str, wanted: dict[str, set[str]]) -> Iterator[dict]:
+        """Rows of `table` of each campaign in `wanted` whose `key` is one of the campaign's values."""
         for campaign, values in wanted.items():
             values = sorted(values)
             for i in range(0, len(values), 500):
                 chunk = values[i : i + 500]
-                where = f"{key} IN ({','.join('?' * len(chunk))})"
-                if campaign is not None:
-                    where, chunk = f"campaign_id = ? AND {where}", [campaign, *chunk]
-                cursor = self.db.conn.execute(f"SELECT * FROM {table} WHERE {where}", chunk)
+                cursor = self.db.conn.execute(
+                    f"SELECT * FROM {table} WHERE campaign_id = ? AND {key} IN ({','.join('?' * len(chunk))})",
+                    (campaign, *chunk),
+                )
                 names = [d[0] for d in cursor.description]
                 yield from (dict(zip(names, row)) for row in cursor)
 

@@ -7,7 +7,7 @@ a dozen trials interleaved), publishes it to a fresh nats-server and exports it 
 Then, in rounds, measures: the floor (msgspec decode of every event, and one executemany per table
 of the rows the replay built, into a fresh file with the same schema), `arx replay` from the stream
 and `arx replay --from-file`, each in events/s, with the load average of this (shared) machine.
-Exits 1 when a replay's median is under --target events/s or under a third of the floor's median.
+Exits 1 when a replay's median is under 100,000 events/s or under a third of the floor's median.
 """
 
 from __future__ import annotations
@@ -227,16 +227,7 @@ def measure(events: int, rounds: int, work: Path) -> tuple[list[Round], int]:
     os.environ.update(NATS_URL=server.url, ARX_HOME=str(work / "home"))
     exported = work / "events.jsonl"
     try:
-        log = campaign_log(events)
-        count = len(log)
-
-        async def prepare() -> None:
-            async with await Bus.connect(name="bench-replay") as bus:
-                await publish(bus, log)
-                await export_campaign(bus, C, exported)
-
-        asyncio.run(prepare())
-        del log
+        count = asyncio.run(_prepare(campaign_log(events), exported))  # the log is not kept: its memory is freed
         lines = [data for _, data in read_lines(exported)]
         results = []
         for r in range(rounds):
@@ -250,6 +241,14 @@ def measure(events: int, rounds: int, work: Path) -> tuple[list[Round], int]:
         return results, count
     finally:
         server.kill()
+
+
+async def _prepare(log: list[Event], exported: Path) -> int:
+    """Publish the log to the bus and export it to a file; returns its length."""
+    async with await Bus.connect(name="bench-replay") as bus:
+        await publish(bus, log)
+        await export_campaign(bus, C, exported)
+    return len(log)
 
 
 async def _replay_stream(db: Path) -> None:
@@ -271,7 +270,8 @@ KINDS = ("floor", "stream", "file")
 def section(command: str, events: int, results: list[Round]) -> tuple[str, bool]:
     median = {k: Rate(wall=statistics.median(getattr(r, k).wall for r in results),
                       cpu=statistics.median(getattr(r, k).cpu for r in results)) for k in KINDS}
-    met = {k: median[k].wall >= TARGET and median[k].wall >= median["floor"].wall / 3 for k in ("stream", "file")}
+    rate = {k: median[k].wall >= TARGET for k in ("stream", "file")}
+    share = {k: median[k].wall >= median["floor"].wall / 3 for k in ("stream", "file")}
     text = "\n".join([
         f"## {SECTION}",
         "",
@@ -293,11 +293,15 @@ def section(command: str, events: int, results: list[Round]) -> tuple[str, bool]
         f"| median | {_cell(median['floor'])} | {_cell(median['stream'])} | {_cell(median['file'])} | |",
         "",
         *(f"- replay from the {k}: {median[k].wall / median['floor'].wall:.2f} of the floor's wall-clock rate"
-          f" ({median[k].cpu / median['floor'].cpu:.2f} per CPU-second); target (at least {TARGET:,}/s and a"
-          f" third of the floor): {'met' if met[k] else 'not met'}" for k in ("stream", "file")),
+          f" ({median[k].cpu / median['floor'].cpu:.2f} per CPU-second): a third of the floor"
+          f" {_verdict(share[k])}, {TARGET:,} events/s {_verdict(rate[k])}" for k in ("stream", "file")),
         "",
     ])
-    return text, all(met.values())
+    return text, all(rate.values()) and all(share.values())
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "not met"
 
 
 def main() -> int:
