@@ -53,13 +53,27 @@ class ImportReport(msgspec.Struct, kw_only=True):
         return f"{lines} lines: " + ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items())
 
 
-def read_lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of every non-blank line; a truncated last line comes as it is."""
+BLOCK = 1 << 22  # bytes read at a time: a replay reads millions of lines
+
+
+def read_line_blocks(path: Path | str) -> Iterator[list[tuple[int, bytes]]]:
+    """(line number, bytes) of every non-blank line, a list per block of the file read; line ends
+    (LF or CRLF) are cut off, and a truncated last line comes as it is."""
     with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            data = line.rstrip(b"\r\n")
-            if data.strip():
-                yield number, data
+        number, rest = 0, b""
+        while block := handle.read(BLOCK):
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            yield [(n, data) for n, line in enumerate(lines, number + 1) if (data := line.rstrip(b"\r")).strip()]
+            number += len(lines)
+        if (data := rest.rstrip(b"\r")).strip():
+            yield [(number + 1, data)]
+
+
+def read_lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
+    """read_line_blocks, one line at a time."""
+    for lines in read_line_blocks(path):
+        yield from lines
 
 
 def check_line(data: bytes) -> Event | str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import logging
 import signal
 import sqlite3
@@ -22,7 +21,7 @@ from pathlib import Path
 import anyio
 
 from bus.connection import Bus, StoredMessage
-from bus.eventfile import read_lines
+from bus.eventfile import read_line_blocks
 from bus.settings import load_settings
 from projections.follow import BUS_ERRORS, RETRY_S, log_retry
 from projections.lineage import Lineage
@@ -175,9 +174,9 @@ async def _fold_all(batches: AsyncIterable[list[StoredMessage]], built: Path) ->
 async def file_batches(path: Path) -> AsyncIterator[list[StoredMessage]]:
     """An event file as replay batches, seq = line number. Its lines are decoded once, by the fold
     (bus.eventfile.iter_file decodes each for its subject, which a fold does not use)."""
-    lines = read_lines(path)
-    while chunk := list(itertools.islice(lines, REPLAY_BATCH)):
-        yield [StoredMessage(number, "", data) for number, data in chunk]
+    for lines in read_line_blocks(path):
+        for i in range(0, len(lines), REPLAY_BATCH):
+            yield [StoredMessage(number, "", data) for number, data in lines[i : i + REPLAY_BATCH]]
 
 
 @contextlib.contextmanager

@@ -8,7 +8,8 @@ import msgspec
 import pytest
 
 from bus.connection import Bus
-from bus.eventfile import ImportReport, export_campaign, import_file, iter_file
+from bus import eventfile
+from bus.eventfile import ImportReport, export_campaign, import_file, iter_file, read_lines
 from bus.events import CampaignStarted, ObjectRef, TrialProposed, TrialScored, encode
 from bus.settings import load_settings
 from bus.local import LocalServer
@@ -168,3 +169,11 @@ def test_export_of_an_unknown_campaign_is_a_clear_error(arx_env, tmp_path):
     with pytest.raises(ValueError, match="nothing-here.* has no events"):
         asyncio.run(run())
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 1 << 22])
+def test_lines_keep_their_numbers_whatever_blocks_the_file_is_read_in(tmp_path, monkeypatch, block):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a"}\r\n\n{"b"}\n   \n{"c"}\r\r\n{"truncat')
+    monkeypatch.setattr(eventfile, "BLOCK", block)
+    assert list(read_lines(path)) == [(1, b'{"a"}'), (3, b'{"b"}'), (5, b'{"c"}'), (6, b'{"truncat')]
