@@ -113,9 +113,10 @@ class PullReader:
             got += messages
             filled, stopped = _settle(owed, len(messages), sum(code in DONE for code in statuses))
             caught_up = pending == 0 or (not follow and bool(got) and got[-1].seq >= end)
-            # Catching up, a request stopped short had nothing more to give: only a filled one is renewed.
             finished = not follow and (caught_up or (not owed and not got))
-            renew = filled + (stopped if follow else 0)
+            # Catching up, a request stopped short had nothing more to give: only a filled one is
+            # renewed, and one more asked for only when none is left open.
+            renew = filled + stopped if follow else max(filled, 0 if owed else 1)
             if renew and not finished:
                 ask_for_more(renew)  # before handing this batch on: the server fills the socket meanwhile
             if got and (filled or stopped or caught_up):
