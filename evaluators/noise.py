@@ -149,8 +149,11 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None, devi
                        cpus=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg())
 
 
-async def _evaluate(task: Task, run_dir: Path, log_path: Path, pool: SandboxPool, heldout) -> labels.Evaluation:
-    """A finished run's evaluation, made as the evaluator makes a trial's (Evaluator.evaluate)."""
+async def _evaluate(
+    task: Task, run_dir: Path, log_path: Path, pool: SandboxPool, heldout: tuple | None
+) -> labels.Evaluation:
+    """A finished run's evaluation, made as the evaluator makes a trial's (Evaluator.evaluate).
+    `heldout` is the task's (inputs, targets); None for a task scored from its log."""
     if task.spec.scored_from == "log":
         return score_log(task, log_path.read_bytes())
     artifact = run_dir / "artifact"

@@ -82,6 +82,7 @@ def measure(trials: int) -> dict:
     # Pickup counts from when the trial could start: its proposal, or the end of the run before it on
     # the one executor (a trial proposed while another runs waits for it: that is the queue, not
     # overhead). The baseline is left out: `campaign start` queues it while the roles may still start.
+    # Event times are ISO 8601 in UTC with microseconds, so the later one is the larger string.
     pickup = [
         seconds(max(r["proposed_at"], before["finished_at"]), r["started_at"])
         for before, r in zip(rows, rows[1:])
