@@ -8,6 +8,7 @@ the campaign bundle, so an agent that restarts carries on where it stopped.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -16,7 +17,7 @@ import anyio
 
 from agents.trees import Trees
 from bus.connection import Bus
-from bus.events import Evidence, SpecialistJoined, TrialProposed, TrialRejected, check_token
+from bus.events import SpecialistJoined, TrialProposed, check_token
 from bus.settings import Settings, load_settings
 from evaluators.spec import Task, TaskSpec, load_task
 from projections import views
@@ -30,6 +31,19 @@ ALL_PATHS = "*"
 # Trial ids are "<specialist>-<nnnn>-<6 hex>" and must stay a 64-character subject token.
 MAX_SPECIALIST_CHARS = 52
 FOLD_TIMEOUT_S = 30.0
+# A proposal's texts travel in one event and end up in a git commit and in every lineage view: a
+# bigger one is refused by the agent that made it, and by the executor from a client that did not.
+MAX_HYPOTHESIS_BYTES = 64 * 1024
+MAX_DIFF_BYTES = 4 * 1024 * 1024
+# The circuit breaker: when this specialist's last BREAKER_TRIALS outcomes were all harness_abort, the
+# hosts are failing its trials, and proposing more only feeds them; it waits BREAKER_FIRST_S, twice
+# as long for every further harness_abort in a row, at most BREAKER_MAX_S.
+HARNESS_ABORT = "harness_abort"
+BREAKER_TRIALS = 3
+BREAKER_FIRST_S = 2.0
+BREAKER_MAX_S = 60.0
+# Outcomes read to know the streak: enough for the wait to reach its ceiling.
+BREAKER_LOOKBACK = BREAKER_TRIALS + math.ceil(math.log2(BREAKER_MAX_S / BREAKER_FIRST_S))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +62,8 @@ class Proposal:
     tokens_out: int = 0
     latency_s: float = 0.0
     cost_usd: float = 0.0
-    # Why the policy could not produce a valid edit: the trial is published with this reason as its
-    # TrialRejected(invalid_edit), so that the failure is in the lineage and counts against the budget.
+    # Why the policy could not produce a valid edit: the trial is published with this reason, and an
+    # executor records it as its invalid_edit outcome, so the failure is in the lineage and counts.
     rejection: str | None = None
 
 
@@ -92,6 +106,24 @@ def path_in(path: str, paths: list[str] | None) -> bool:
     if paths is None:
         return True
     return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
+
+
+def oversize(hypothesis: str, diff: str) -> str | None:
+    """Which size limit a proposal's texts exceed, in words; None when they fit."""
+    for what, text, limit in (("hypothesis", hypothesis, MAX_HYPOTHESIS_BYTES), ("diff", diff, MAX_DIFF_BYTES)):
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            return f"the {what} is {size} bytes, over its limit of {limit} bytes"
+    return None
+
+
+def breaker_wait(recent: list[str]) -> float:
+    """Seconds to wait before the next proposal, from a specialist's latest outcome labels (newest
+    first): none until the last BREAKER_TRIALS all are harness_abort."""
+    streak = next((i for i, label in enumerate(recent) if label != HARNESS_ABORT), len(recent))
+    if streak < BREAKER_TRIALS:
+        return 0.0
+    return min(BREAKER_FIRST_S * 2 ** (streak - BREAKER_TRIALS), BREAKER_MAX_S)
 
 
 def root_trial(lineage: Lineage, campaign_id: str) -> str | None:
@@ -161,7 +193,7 @@ class Specialist:
 
     async def run(self) -> str:
         """Work on the campaign until it stops; returns its id."""
-        bus = await Bus.connect(self.settings, name=f"arx-agent-{self.specialist}")
+        bus = await Bus.connect(self.settings, role="agent", name=f"arx-agent-{self.specialist}")
         error: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
@@ -218,7 +250,6 @@ class Specialist:
         if not joined:
             await bus.publish(
                 SpecialistJoined(
-                    event_id=f"{c}-{self.specialist}-joined",
                     campaign_id=c,
                     producer=self._producer,
                     specialist=self.specialist,
@@ -233,11 +264,23 @@ class Specialist:
             if camp["stopped_at"] is not None:
                 return
             if self._has_room(live.lineage, camp):
+                await self._breaker(live, c)
                 trial_id = await self._propose_once(bus, live.lineage, camp, task, trees)
                 if trial_id is not None:
                     await self._await_folded(live, c, trial_id)
                     continue
             await live.changed(self.poll_s)
+
+    async def _breaker(self, live: LiveLineage, c: str) -> None:
+        """Wait as the breaker says (or until the campaign stops), before proposing into failing hosts."""
+        wait = breaker_wait(views.recent_labels(live.lineage, c, self.specialist, BREAKER_LOOKBACK))
+        if wait <= 0:
+            return
+        log.warning("%s: backing off %gs: last %d trials ended in %s", self.specialist, wait, BREAKER_TRIALS,
+                    HARNESS_ABORT)
+        with anyio.move_on_after(wait):
+            while views.campaign(live.lineage, c)["stopped_at"] is None:
+                await live.changed(self.poll_s)
 
     def _has_room(self, lineage: Lineage, camp: dict) -> bool:
         c = camp["campaign_id"]
@@ -261,29 +304,16 @@ class Specialist:
             return None
         if proposal is None or views.campaign(lineage, c)["stopped_at"] is not None:
             return None
+        if (too_big := oversize(proposal.hypothesis, proposal.diff)) is not None:
+            log.warning("%s: proposal for %s not published: %s", self.specialist, c, too_big)
+            return None
         trial_id = self._next_trial_id(lineage, c)
         await bus.publish(self._event(c, trial_id, proposal.parent_id or context.parent_id, proposal))
-        if proposal.rejection is not None:
-            await self._reject(bus, c, trial_id, proposal.rejection)
+        if proposal.rejection is not None:  # an executor writes its invalid_edit outcome: agents write none
             log.warning("%s: %s is invalid_edit: %s", self.specialist, trial_id, proposal.rejection)
         else:
             log.info("%s: proposed %s: %s", self.specialist, trial_id, proposal.hypothesis)
         return trial_id
-
-    async def _reject(self, bus: Bus, c: str, trial_id: str, reason: str) -> None:
-        """The outcome of a proposal the policy itself found invalid (first writer wins, as always)."""
-        await bus.publish(
-            TrialRejected(
-                event_id=f"{c}-{trial_id}-trialrejected",
-                campaign_id=c,
-                producer=self._producer,
-                causation_id=f"{c}-{trial_id}-proposed",
-                trial_id=trial_id,
-                label="invalid_edit",
-                evidence=Evidence(stage="propose", message=reason),
-            ),
-            first_writer=True,
-        )
 
     @staticmethod
     def _check(lineage: Lineage, c: str, proposal: Proposal) -> None:
@@ -300,7 +330,6 @@ class Specialist:
 
     def _event(self, c: str, trial_id: str, parent_id: str, proposal: Proposal) -> TrialProposed:
         return TrialProposed(
-            event_id=f"{c}-{trial_id}-proposed",
             campaign_id=c,
             producer=self._producer,
             trial_id=trial_id,
@@ -318,6 +347,7 @@ class Specialist:
             tokens_out=proposal.tokens_out,
             latency_s=proposal.latency_s,
             cost_usd=proposal.cost_usd,
+            rejection=proposal.rejection,
         )
 
     async def _await_folded(self, live: LiveLineage, c: str, trial_id: str) -> None:

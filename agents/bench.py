@@ -62,7 +62,7 @@ class Run:
 
 def run_one(task_name: str, arm: str, seed: int, *, trials: int, executors: int, root: Path, timeout_s: float) -> Run:
     """One campaign on a cluster of its own, from start to stop (or to timeout_s)."""
-    server = LocalServer(root / "nats").start()
+    server = LocalServer(root / "nats", home=root / "home").start()
     procs = None
     try:
         env = {**os.environ, "NATS_URL": server.url, "ARX_HOME": str(root / "home")}
@@ -104,7 +104,7 @@ def run_one(task_name: str, arm: str, seed: int, *, trials: int, executors: int,
 async def _wait_stopped(settings, campaign: str, procs: Roles, timeout_s: float) -> tuple[dict, bool]:
     """The campaign's summary once it stopped with nothing in flight; stopped by hand after timeout_s."""
     deadline = time.monotonic() + timeout_s
-    async with await Bus.connect(settings, name="arx-bench") as bus:
+    async with await Bus.connect(settings, role="admin", name="arx-bench") as bus:
         lineage = Lineage()
         while True:
             await catch_up(bus, lineage)

@@ -8,6 +8,7 @@ import tarfile
 from collections import OrderedDict
 
 from agents.edits import apply_diffs
+from bus import subjects
 from bus.connection import Bus
 from bus.events import CampaignStarted
 from projections.lineage import Lineage
@@ -39,7 +40,7 @@ class Trees:
         """The recipe the campaign started from (the CampaignStarted bundle)."""
         if self._baseline is None:
             c = self.campaign_id
-            started = await self.bus.last_event(f"arx.ev.{c}.campaign.{c}.started")
+            started = await self.bus.last_event(subjects.campaign(c, "started"))
             if not isinstance(started, CampaignStarted):
                 raise LookupError(f"campaign {c}: no CampaignStarted event in the log")
             self._baseline = bundle_files(await self.bus.get_object(started.bundle))

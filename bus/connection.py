@@ -4,36 +4,82 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import re
 from collections.abc import AsyncIterator
 
 import nats
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from bus import subjects
 from bus.events import Event, ObjectRef, decode, encode
 from bus.pull_reader import PullReader, StoredMessage
 from bus.server import ensure_server
 from bus.settings import Settings, load_settings
 
-SUBJECTS = "arx.ev.>"
-WRONG_LAST_SEQUENCE = 10071  # JetStream's answer when Nats-Expected-Last-Subject-Sequence does not hold
+log = logging.getLogger("arx.bus")
+
+WRONG_SETUP = "was made by an older arx, which let a subject hold several facts"
+CONNECT_TIMEOUT_S = 10.0
+SUBJECT_TAKEN = 10077  # JetStream: the subject already holds its one message (max_msgs_per_subject=1)
+_REFUSED = re.compile(r'permissions violation for (?:publish|subscription) to "([^"]+)"', re.IGNORECASE)
+
+
+class Refused(PermissionError):
+    """nats-server refused this role a subject: one line that names both."""
+
+    def __init__(self, role: str, subject: str):
+        super().__init__(f"nats-server refused role {role!r} publishing to {subject}: that role may not write it")
 
 
 class Bus:
-    def __init__(self, nc, settings: Settings):
+    def __init__(self, nc, settings: Settings, role: str):
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
         self.settings = settings
+        self.role = role
+        self.refused: set[str] = set()  # subjects nats-server refused this connection (its error callback)
         self._objects = None
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None, *, name: str = "arx") -> "Bus":
+    async def connect(cls, settings: Settings | None = None, *, role: str, name: str = "arx") -> "Bus":
+        """Connect as one of bus.roles.ROLES with that role's credential; the stream must exist.
+
+        A server that refuses the credential, or that does not speak NATS, is a one-line RuntimeError
+        rather than a retry loop: reconnecting is for servers that were once there."""
         settings = settings or load_settings()
         url = await asyncio.to_thread(ensure_server, settings)
-        nc = await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-        bus = cls(nc, settings)
-        await bus.ensure_stream()
+        seed = settings.seed(role)
+        refused: set[str] = set()
+        first_error = asyncio.get_running_loop().create_future()
+
+        async def on_error(exc: Exception) -> None:
+            if match := _REFUSED.search(str(exc)):
+                refused.add(match.group(1))
+            elif not first_error.done():
+                first_error.set_result(exc)
+            else:
+                log.warning("nats: %s", exc)
+
+        connecting = asyncio.ensure_future(nats.connect(
+            url, name=name, nkeys_seed=str(seed) if seed else None, error_cb=on_error,
+            max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=CONNECT_TIMEOUT_S,
+        ))
+        await asyncio.wait({connecting, first_error}, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            reason = first_error.result() if first_error.done() else f"no answer within {CONNECT_TIMEOUT_S:.0f}s"
+            credential = f"credential {seed}" if seed else "no credential"
+            raise RuntimeError(f"cannot connect to {url} as role {role!r} ({credential}): {reason}")
+        bus = cls(connecting.result(), settings, role)
+        bus.refused = refused
+        try:
+            await bus.check_stream()
+        except BaseException:
+            await bus.nc.close()
+            raise
         return bus
 
     async def close(self) -> None:
@@ -45,56 +91,87 @@ class Bus:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def ensure_stream(self) -> None:
-        config = api.StreamConfig(
+    def stream_config(self) -> api.StreamConfig:
+        return api.StreamConfig(
             name=self.settings.stream,
-            subjects=[SUBJECTS],
+            subjects=[subjects.ALL],
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
             duplicate_window=self.settings.duplicate_window_s,
+            # One fact per subject, enforced by the server against any client: see bus.subjects.
+            max_msgs_per_subject=1,
+            discard=api.DiscardPolicy.NEW,
+            discard_new_per_subject=True,
             deny_delete=True,
             deny_purge=True,
             allow_direct=True,
         )
+
+    async def provision(self) -> None:
+        """Create the stream and the object store (admin only; every other role finds them made)."""
         try:
             await self.js.stream_info(self.settings.stream)
         except NotFoundError:
-            await self.js.add_stream(config)
+            await self.js.add_stream(self.stream_config())
+        await self.check_stream()
+        await self.objects()
+
+    async def check_stream(self) -> None:
+        """Refuse a stream whose rules do not hold the log's promises; a missing one says who makes it."""
+        try:
+            info = await self.js.stream_info(self.settings.stream)
+        except ServiceUnavailableError:  # nats-py's word for "no responders" to a JetStream call
+            raise RuntimeError(f"{self.nc.connected_url.netloc} runs no JetStream: start nats-server with -js") from None
+        except NotFoundError:
+            if self.role == "admin":
+                return  # provision makes it
+            raise RuntimeError(
+                f"stream {self.settings.stream} does not exist yet: `arx server` (or any admin command) creates it"
+            ) from None
+        if info.config.max_msgs_per_subject != 1 or not info.config.discard_new_per_subject:
+            raise RuntimeError(
+                f"stream {self.settings.stream} {WRONG_SETUP}: export its campaigns with that arx and "
+                "`arx import` them into a new ARX_HOME"
+            )
 
     # -- publishing -------------------------------------------------------------------------
 
-    async def publish(self, event: Event, *, first_writer: bool = False, attempts: int = 3) -> bool:
-        """Publish once, whatever the retries: Nats-Msg-Id is the event id, so a retry collapses.
+    async def publish(self, event: Event, *, attempts: int = 3) -> bool:
+        """Publish once, whatever the retries; True when the stream holds this event on its subject.
 
-        With first_writer, the publish succeeds only if nothing was ever written on the event's
-        subject (the one-outcome-per-trial rule); returns False when another writer got there first.
+        Each subject holds one fact (bus.subjects), so False means another writer's event got there
+        first: for an outcome, that one is the trial's outcome.
         """
-        return await self.publish_bytes(
-            event.subject, encode(event), event.event_id, first_writer=first_writer, attempts=attempts
-        )
+        event.check_subject()
+        return await self.publish_bytes(event.subject, encode(event), event.event_id, attempts=attempts)
 
-    async def publish_bytes(
-        self, subject: str, payload: bytes, event_id: str, *, first_writer: bool = False, attempts: int = 3
-    ) -> bool:
+    async def publish_bytes(self, subject: str, payload: bytes, event_id: str, *, attempts: int = 3) -> bool:
         """Publish an already encoded event as it is (an import keeps the recorded bytes); see publish."""
         headers = {"Nats-Msg-Id": event_id}
-        if first_writer:
-            headers["Nats-Expected-Last-Subject-Sequence"] = "0"
         for attempt in range(attempts):
             try:
-                await self.js.publish(subject, payload, headers=headers, timeout=5)
-                return True
+                ack = await self.js.publish(subject, payload, headers=headers, timeout=5)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != SUBJECT_TAKEN:
                     raise
-                # The subject already has a message: ours from a retried publish, or a rival's.
-                last = await self.last_event(subject)
-                return last is not None and last.event_id == event_id
+                return await self._holds(subject, payload)  # ours from a retried publish, or a rival's
             except NatsTimeout:
+                if subject in self.refused:
+                    raise Refused(self.role, subject) from None
                 if attempt == attempts - 1:
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))
+            else:
+                # A duplicate id inside the window: ours, unless a rival sent the same id first.
+                return not ack.duplicate or await self._holds(subject, payload)
         return False
+
+    async def _holds(self, subject: str, payload: bytes) -> bool:
+        try:
+            stored = await self.js.get_last_msg(self.settings.stream, subject)
+        except NotFoundError:
+            return False
+        return stored.data == payload
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -111,7 +188,7 @@ class Bus:
         return decode(msg.data)
 
     async def read(
-        self, *, start_seq: int = 1, subject: str = SUBJECTS, batch: int = 1000, follow: bool = False
+        self, *, start_seq: int = 1, subject: str = subjects.ALL, batch: int = 1000, follow: bool = False
     ) -> AsyncIterator[list[StoredMessage]]:
         """Yield the log in stream order, in batches, from start_seq.
 
@@ -133,7 +210,7 @@ class Bus:
         url = self.nc.connected_url
         if url is None:
             raise nats.errors.ConnectionClosedError()
-        reader = await PullReader.open(url)
+        reader = await PullReader.open(url, seed=self.settings.seed(self.role))
         try:
             async for stored in reader.pull(self.settings.stream, consumer.name, batch=batch, follow=follow, end=end):
                 yield stored

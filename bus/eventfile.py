@@ -13,26 +13,18 @@ from pathlib import Path
 
 import msgspec
 
+from bus import subjects
 from bus.connection import Bus, StoredMessage
 from bus.events import (
-    OUTCOME_TYPES,
     UPCASTERS,
     CampaignStarted,
-    CampaignStopped,
     Event,
+    Misfiled,
     NewerSchema,
     UnknownEvent,
-    check_token,
     decode,
+    decode_stored,
 )
-
-# Subjects that hold one event ever, published with first_writer exactly as their producers do.
-FIRST_WRITER_TYPES = (*OUTCOME_TYPES, CampaignStarted, CampaignStopped)
-
-
-def campaign_subject(campaign_id: str) -> str:
-    return f"arx.ev.{check_token('campaign', campaign_id)}.>"
-
 
 class ImportReport(msgspec.Struct, kw_only=True):
     """What an import did with each non-blank line; every line lands in exactly one count but upcast."""
@@ -87,34 +79,46 @@ def check_line(data: bytes) -> Event | str:
     except msgspec.DecodeError:
         return "corrupt"
     try:
-        check_token("campaign", event.campaign_id)
-        check_token(event.aggregate, event.aggregate_id)
+        event.check_subject()
     except ValueError:
         return "corrupt"
     return event if event.event_id else "corrupt"
 
 
 def iter_file(path: Path | str) -> Iterator[StoredMessage]:
-    """The file as stream messages, seq = line number; a line that is no usable event keeps subject ''
-    and is passed on, so the reader's fold skips and counts it as it would from the stream."""
+    """The file as stream messages, seq = line number; a line that is no usable event is passed on
+    all the same, so the reader's fold skips and counts it as it would from the stream."""
     for number, data in read_lines(path):
-        event = check_line(data)
-        yield StoredMessage(number, event.subject if isinstance(event, Event) else "", data)
+        yield StoredMessage(number, None, data)
 
 
 # -- export ---------------------------------------------------------------------------------------
 
 
+def misfiled(msg: StoredMessage) -> bool:
+    """An event that is not on its own subject: the fold never trusts it, and a file, which records no
+    subjects, would pass it off as one that is."""
+    try:
+        decode_stored(msg.subject, msg.data)
+    except Misfiled:
+        return True
+    except (msgspec.DecodeError, UnknownEvent):
+        pass  # kept as recorded: every reader skips it just the same
+    return False
+
+
 async def export_campaign(bus: Bus, campaign_id: str, path: Path | str) -> int:
-    """Write every event of the campaign, in stream order, to path (atomically); returns how many."""
+    """Write every event of the campaign, in stream order, to path (atomically); returns how many.
+    Events on a subject not their own are left out (the fold skips them too)."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     count = 0
     with open(partial, "wb") as out:
-        async for batch in bus.read(subject=campaign_subject(campaign_id)):
+        async for batch in bus.read(subject=subjects.of_campaign(campaign_id)):
             for msg in batch:
-                out.write(msg.data + b"\n")
-                count += 1
+                if not misfiled(msg):
+                    out.write(msg.data + b"\n")
+                    count += 1
     if count == 0:
         partial.unlink()
         raise ValueError(f"campaign {campaign_id!r} has no events in stream {bus.settings.stream}")
@@ -137,7 +141,7 @@ _head = msgspec.json.Decoder(_Head)
 async def stored_event_ids(bus: Bus, campaign_id: str) -> set[str]:
     """Every event id the stream holds for a campaign: the duplicate window is only an hour long."""
     ids = set()
-    async for batch in bus.read(subject=campaign_subject(campaign_id)):
+    async for batch in bus.read(subject=subjects.of_campaign(campaign_id)):
         for msg in batch:
             try:
                 ids.add(_head.decode(msg.data).event_id)
@@ -175,8 +179,7 @@ async def import_lines(bus: Bus, lines: Iterable[tuple[int, bytes]]) -> ImportRe
         if campaign in refused:
             report.conflict += 1
             continue
-        first_writer = isinstance(event, FIRST_WRITER_TYPES)
-        if await bus.publish_bytes(event.subject, data, event.event_id, first_writer=first_writer):
+        if await bus.publish_bytes(event.subject, data, event.event_id):
             report.published += 1
             recorded = _head.decode(data)  # decode() upcast the event; the stored bytes keep their schema
             report.upcast += (recorded.type, recorded.schema) in UPCASTERS
@@ -196,7 +199,7 @@ async def import_file(bus: Bus, path: Path | str) -> ImportReport:
 
 def cli_export(args) -> int:
     async def run() -> int:
-        async with await Bus.connect(name="arx-export") as bus:
+        async with await Bus.connect(role="reader", name="arx-export") as bus:
             return await export_campaign(bus, args.campaign, args.file)
 
     count = asyncio.run(run())
@@ -206,9 +209,15 @@ def cli_export(args) -> int:
 
 def cli_import(args) -> int:
     async def run() -> ImportReport:
-        async with await Bus.connect(name="arx-import") as bus:
+        async with await Bus.connect(role="admin", name="arx-import") as bus:
             return await import_file(bus, args.file)
 
     report = asyncio.run(run())
-    print(f"imported {args.file}: {report.describe()}")
+    print(f"imported {args.file}: {report.describe()}", flush=True)
+    # An import run again (every event already present) did its job; a file with none of its events
+    # in the stream afterwards, or with lines it could not read, did not.
+    if report.corrupt:
+        raise ValueError(f"{args.file}: {report.corrupt} corrupt line{'s' * (report.corrupt != 1)} skipped")
+    if report.published + report.already_present == 0:
+        raise ValueError(f"{args.file}: nothing imported")
     return 0

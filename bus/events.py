@@ -9,11 +9,13 @@ Rules that keep old logs readable forever:
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from typing import Annotated, ClassVar, Union
 
 import msgspec
+
+from bus import subjects
+from bus.subjects import check_token
 
 LABELS = (
     "keep",
@@ -30,16 +32,6 @@ LABELS = (
 )
 FAILURE_LABELS = frozenset(LABELS) - {"keep", "discard", "within_noise"}
 PREFLIGHT_STAGE = "preflight"  # TrialFinished.stage of a trial its preflight stopped before the full run
-
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def check_token(kind: str, value: str) -> str:
-    """Ids become NATS subject tokens and file names: refuse anything else early and clearly."""
-    if not isinstance(value, str) or not _TOKEN.match(value):
-        raise ValueError(f"{kind} {value!r} must be 1-64 characters of letters, digits, '_' or '-'")
-    return value
-
 
 # Every integer in an event fits the 64-bit signed integer SQLite stores: msgspec alone would take
 # up to 2**64 - 1, and an event the lineage cannot store must fail to decode, not fail a whole batch.
@@ -84,8 +76,11 @@ class GateVerdict(msgspec.Struct, frozen=True, kw_only=True):
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     aggregate: ClassVar[str] = "campaign"
     verb: ClassVar[str] = ""
+    # Facts an executor writes once per delivery of a trial carry the attempt in their subject.
+    per_attempt: ClassVar[bool] = False
 
-    event_id: str
+    # Left empty, the id is the event's subject (see bus.subjects); recorded logs keep their own ids.
+    event_id: str = ""
     campaign_id: str
     occurred_at: str = msgspec.field(default_factory=now)
     producer: str = ""
@@ -98,7 +93,17 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
 
     @property
     def subject(self) -> str:
-        return f"arx.ev.{self.campaign_id}.{self.aggregate}.{self.aggregate_id}.{self.verb}"
+        attempt = getattr(self, "attempt", None) if self.per_attempt else None
+        return subjects.subject(self.campaign_id, self.aggregate, self.aggregate_id, self.verb, attempt)
+
+    def check_subject(self) -> None:
+        """Every id in the subject must be a valid token: a malformed id never reaches the log."""
+        check_token("campaign", self.campaign_id)
+        check_token(self.aggregate, self.aggregate_id)
+
+    def __post_init__(self) -> None:
+        if not self.event_id:
+            msgspec.structs.force_setattr(self, "event_id", self.subject)
 
 
 class CampaignStarted(Event):
@@ -162,10 +167,14 @@ class TrialProposed(_TrialEvent):
     tokens_out: Int64 = 0
     latency_s: float = 0.0
     cost_usd: float = 0.0
+    # Why the agent itself found its edit invalid (it does not apply, say): the trial is proposed all the
+    # same, so the attempt stays in the lineage, and the executor records this as its invalid_edit outcome.
+    rejection: str | None = None
 
 
 class TrialStarted(_TrialEvent):
     verb: ClassVar[str] = "started"
+    per_attempt: ClassVar[bool] = True
 
     executor: str
     attempt: Int64 = 1
@@ -205,6 +214,8 @@ class _RunFinished(_TrialEvent):
 
 class TrialFinished(_RunFinished):
     """The trial's run, or the preflight check that stopped it (stage PREFLIGHT_STAGE)."""
+
+    per_attempt: ClassVar[bool] = True
 
 
 class TrialConfirmationRequested(_TrialEvent):
@@ -312,6 +323,24 @@ _CURRENT_SCHEMA = {cls: SCHEMA_VERSIONS[name] for name, cls in EVENT_TYPES.items
 
 def encode(event: Event) -> bytes:
     return _encoder.encode(event)
+
+
+class Misfiled(ValueError):
+    """A stored message whose subject is not its payload's own, or whose ids are not subject tokens.
+    nats-server's permissions are per subject, so only an event on its own subject has a known writer."""
+
+
+def decode_stored(subject: str | None, data: bytes) -> Event:
+    """Decode a message as the stream stored it: like decode, and Misfiled unless it sits on its own
+    subject. A subject of None is a line of an event file, which records none: the event's own."""
+    event = decode(data)
+    try:
+        event.check_subject()
+    except ValueError as exc:
+        raise Misfiled(str(exc)) from None
+    if subject is not None and subject != event.subject:
+        raise Misfiled(f"{type(event).__name__} {event.event_id} on {subject}, not on {event.subject}")
+    return event
 
 
 def decode(data: bytes) -> Event:

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bus.server import start_server, wait_reachable, write_config
+from bus.server import provision, start_server, wait_reachable, write_config
+from bus.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,20 +24,25 @@ def free_port() -> int:
 
 
 class LocalServer:
-    """A nats-server with its store under root, which can be killed and started again on the same port."""
+    """A nats-server with its store under root, which can be killed and started again on the same port.
 
-    def __init__(self, root: Path, *, sync_interval: str = "2m"):
+    Its role credentials are written under `home` (ARX_HOME of the processes that use it), where every
+    arx process finds its own."""
+
+    def __init__(self, root: Path, *, home: Path, sync_interval: str = "2m"):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.config = root / "nats.conf"
-        write_config(self.config, port=self.port, store_dir=root / "store", sync_interval=sync_interval)
+        self.settings = Settings(home=home, sync_interval=sync_interval, nats_url=self.url)
+        write_config(self.config, self.settings, port=self.port, store_dir=root / "store")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "LocalServer":
         self.proc = start_server(self.config, self.root / "nats.log")
         wait_reachable(self.url)
+        provision(self.settings, self.url)
         return self
 
     def kill(self) -> None:

@@ -3,8 +3,9 @@
 nats-py builds a Msg, parses its headers and passes it through an asyncio queue for every message:
 about 30 µs of CPU each on the 2-core machine this was measured on, which made a replay slow. This
 connection only sends pull requests and cuts the replies out of what the socket returns, a few µs a
-message. It speaks the client protocol's plain-TCP subset (user and password or token from the URL);
-a server that wants TLS is refused with a clear error rather than spoken to in the clear.
+message. It speaks the client protocol's plain-TCP subset (an nkey seed file, or user and password or
+token from the URL); a server that wants TLS is refused with a clear error rather than spoken to in the
+clear.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import json
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import ParseResult
 
 import nats.errors
+
+from bus.roles import sign
 
 READ_CHUNK = 1 << 20
 HEARTBEAT_S = 1.0  # the server's idle heartbeat while a following pull waits for new messages
@@ -30,10 +34,11 @@ HEARTBEAT = 100
 
 
 class StoredMessage(NamedTuple):
-    """One message as the stream stores it (a tuple: a replay makes hundreds of thousands)."""
+    """One message as the stream stores it (a tuple: a replay makes hundreds of thousands). A line of
+    an event file has no subject (None): an export keeps only events that sat on their own."""
 
     seq: int
-    subject: str
+    subject: str | None
     data: bytes
 
 
@@ -52,7 +57,7 @@ class PullReader:
         self._rest = b""
 
     @classmethod
-    async def open(cls, url: ParseResult, *, timeout: float = 10.0) -> "PullReader":
+    async def open(cls, url: ParseResult, *, seed: Path | None = None, timeout: float = 10.0) -> "PullReader":
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(url.hostname, url.port or 4222, limit=READ_CHUNK), timeout
         )
@@ -65,7 +70,10 @@ class PullReader:
                 raise PullError(f"{url.hostname}:{url.port} wants TLS, which arx's stream reader does not speak")
             connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
                        "protocol": 1, "lang": "python-arx", "version": "1", "name": "arx-pull"}
-            if url.username and url.password is not None:
+            if seed is not None and info.get("nonce"):
+                nkey, signature = sign(seed, info["nonce"])
+                connect.update(nkey=nkey, sig=signature)
+            elif url.username and url.password is not None:
                 connect.update(user=url.username, **{"pass": url.password})
             elif url.username:
                 connect["auth_token"] = url.username

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import shutil
@@ -9,10 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from bus.roles import authorization
 from bus.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -36,13 +39,29 @@ def reachable(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def write_config(path: Path, *, port: int, store_dir: Path, sync_interval: str) -> None:
+def write_config(path: Path, settings: Settings, *, port: int, store_dir: Path) -> None:
+    """The server's config: loopback only, JetStream, and one nkey identity per role (bus.roles)."""
     path.write_text(
         f"listen: 127.0.0.1:{port}\n"
-        f"jetstream {{\n  store_dir: {str(store_dir)!r}\n  sync_interval: {sync_interval}\n}}\n"
+        f"jetstream {{\n  store_dir: {str(store_dir)!r}\n  sync_interval: {settings.sync_interval}\n}}\n"
         # Events are small, but a whole baseline bundle chunk must fit one message.
         "max_payload: 8MB\n"
+        + authorization(settings.credentials_dir, settings.stream, settings.object_bucket)
     )
+    os.chmod(path, 0o600)
+
+
+def provision(settings: Settings, url: str) -> None:
+    """Create the stream and the object store as admin, so every other role finds them made."""
+    from bus.connection import Bus
+
+    async def run() -> None:
+        async with await Bus.connect(settings.with_url(url), role="admin", name="arx-provision") as bus:
+            await bus.provision()
+
+    # A thread of its own, so that a caller with an event loop running (a test restarting its server) can call it.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(lambda: asyncio.run(run())).result()
 
 
 def start_server(config: Path, log: Path, pid_file: Path | None = None) -> subprocess.Popen:
@@ -93,13 +112,9 @@ def ensure_server(settings: Settings) -> str:
         if reachable(url):  # another arx process won the race
             return url
         config = home / "nats-server.conf"
-        write_config(
-            config,
-            port=parsed.port or 4222,
-            store_dir=(home / "jetstream").resolve(),
-            sync_interval=settings.sync_interval,
-        )
+        write_config(config, settings, port=parsed.port or 4222, store_dir=(home / "jetstream").resolve())
         start_server(config, settings.logs_dir / "nats-server.log", settings.pids_dir / "nats-server.pid")
         wait_reachable(url)
+        provision(settings, url)
     os.environ.setdefault("NATS_URL", url)
     return url

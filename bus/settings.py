@@ -7,6 +7,7 @@ One place for every tunable so that a role started on another host needs only NA
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import msgspec
@@ -15,6 +16,9 @@ import msgspec
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str | None = None
     home: Path = Path(".arx")
+    # The nkey seed file this process connects with, whatever its role (default: the role's own file in
+    # credentials_dir, where `arx server` writes one per role).
+    credentials: Path | None = None
     # nats-server fsync interval: "always" trades publish speed for surviving an OS crash.
     sync_interval: str = "2m"
     embedded_port: int = 4222
@@ -49,11 +53,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def credentials_dir(self) -> Path:
+        return self.home / "credentials"
+
+    def with_url(self, url: str) -> "Settings":
+        return msgspec.structs.replace(self, nats_url=url)
+
+    def seed(self, role: str) -> Path | None:
+        """The seed file a process of this role connects with, or None to connect without one."""
+        if self.credentials is not None:
+            if not self.credentials.is_file():
+                raise ValueError(f"ARX_CREDENTIALS={self.credentials}: no such file")
+            return self.credentials
+        own = self.credentials_dir / f"{role}.nk"
+        return own if own.is_file() else None
+
+
+# nats-server's own syntax: "always", or a duration such as 2m, 30s or 500ms.
+_SYNC_INTERVAL = re.compile(r"^(always|(\d+(ns|us|ms|s|m|h))+)$")
+
+
+def _sync_interval(raw: str) -> str:
+    if not _SYNC_INTERVAL.match(raw):
+        raise ValueError("must be 'always' or a duration such as 2m, 30s or 500ms")
+    return raw
+
 
 _ENV = {
     "nats_url": ("NATS_URL", str),
     "home": ("ARX_HOME", Path),
-    "sync_interval": ("ARX_SYNC_INTERVAL", str),
+    "credentials": ("ARX_CREDENTIALS", Path),
+    "sync_interval": ("ARX_SYNC_INTERVAL", _sync_interval),
     "embedded_port": ("ARX_NATS_PORT", int),
     "stream": ("ARX_STREAM", str),
     "object_bucket": ("ARX_OBJECT_BUCKET", str),

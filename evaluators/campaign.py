@@ -36,7 +36,6 @@ async def start_campaign(
     bundle = task.bundle()
     ref = await bus.put_object(f"bundles/{hashlib.sha256(bundle).hexdigest()}.tar.gz", bundle)
     started = CampaignStarted(
-        event_id=f"{campaign_id}-started",
         campaign_id=campaign_id,
         producer="arx-campaign",
         task=task.name,
@@ -48,11 +47,10 @@ async def start_campaign(
         noise=task.spec.noise if noise is None else noise,
         spec=msgspec.to_builtins(task.spec),
     )
-    if not await bus.publish(started, first_writer=True):
+    if not await bus.publish(started):
         raise ValueError(f"campaign {campaign_id} already exists; pick another --campaign")
     await bus.publish(
         TrialProposed(
-            event_id=f"{campaign_id}-{BASELINE}-proposed",
             campaign_id=campaign_id,
             producer="arx-campaign",
             causation_id=started.event_id,
@@ -82,12 +80,8 @@ async def measured_noise(task: Task, runs: int, devices: str) -> float:
 
 
 async def stop_campaign(bus: Bus, campaign_id: str, reason: str) -> bool:
-    return await bus.publish(
-        CampaignStopped(
-            event_id=f"{campaign_id}-stopped", campaign_id=campaign_id, producer="arx-campaign", reason=reason
-        ),
-        first_writer=True,  # a campaign stops once
-    )
+    # A campaign stops once (its stop has one subject): False when it had already stopped.
+    return await bus.publish(CampaignStopped(campaign_id=campaign_id, producer="arx-campaign", reason=reason))
 
 
 def default_campaign_id(task: str) -> str:
@@ -106,7 +100,7 @@ async def running_campaign(bus: Bus, task: str | None) -> str | None:
 
 
 async def _main(args) -> None:
-    async with await Bus.connect(name="arx-campaign") as bus:
+    async with await Bus.connect(role="admin", name="arx-campaign") as bus:
         if args.action == "running":
             print(await running_campaign(bus, args.task) or "")
         elif args.action == "start":

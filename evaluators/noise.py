@@ -125,7 +125,7 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None, devi
                 run_recipe, spec, run_dir, limits, work / f"run-{run}.log", home=home, devices=devices
             )
             finished = TrialFinished(
-                event_id=f"noise-run-{run}", campaign_id="noise", trial_id=f"run-{run}", executor="arx-noise",
+                campaign_id="noise", trial_id=f"run-{run}", executor="arx-noise",
                 exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out, wall_s=result.wall_s,
                 cpu_s=result.cpu_s, peak_rss_mb=result.peak_rss_mb,
                 limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb},

@@ -28,6 +28,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
+from bus import subjects
 from bus.connection import Bus
 from bus.events import (
     CampaignStopped,
@@ -40,7 +41,7 @@ from bus.events import (
     TrialScored,
     UnknownEvent,
     _RunFinished,
-    decode,
+    decode_stored,
     replicate_id,
 )
 from evaluators import labels
@@ -54,7 +55,6 @@ from projections.follow import LiveLineage, catch_up
 log = logging.getLogger("arx.evaluator")
 
 QUEUE = "evaluators"
-FINISHED = "arx.ev.*.trial.*.finished"
 # How long the background lineage may lag behind a delivered message before we read the log ourselves.
 LINEAGE_LAG_S = 5.0
 CAMPAIGN_CHECK_S = 5.0
@@ -68,11 +68,6 @@ def confirmation_timeout(spec: TaskSpec, runs: int) -> float:
     """How long a candidate may wait for its reruns before it is left unconfirmed."""
     per_run = spec.budgets.train_s + spec.budgets.eval_s + RUN_OVERHEAD_S
     return (runs + CONFIRM_QUEUE_RUNS) * per_run
-
-
-def outcome_id(trial_id: str) -> str:
-    """Deterministic, so the outcome of a redelivered trial collapses onto the first one."""
-    return f"{trial_id}-outcome"
 
 
 def to_evaluation(task: Task, result: SandboxResult, targets, artifact_dir: Path) -> labels.Evaluation:
@@ -121,7 +116,7 @@ class Evaluator:
     # -- the work queue -----------------------------------------------------------------------
 
     async def consume(self) -> None:
-        sub = await self.bus.durable(QUEUE, FINISHED)
+        sub = await self.bus.durable(QUEUE, subjects.FINISHES)
         try:
             while True:
                 try:
@@ -145,8 +140,8 @@ class Evaluator:
     async def handle(self, msg) -> None:
         received = time.monotonic()
         try:
-            event = decode(msg.data)
-        except (UnknownEvent, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            event = decode_stored(msg.subject, msg.data)
+        except (UnknownEvent, msgspec.DecodeError, ValueError) as exc:
             event, reason = None, repr(exc)
         else:
             reason = f"unexpected {type(event).__name__}"
@@ -161,7 +156,7 @@ class Evaluator:
                 await msg.ack()  # a redelivery after an outcome was written
                 return
             outcome = await self.outcome(event)
-            written = await self.bus.publish(outcome, first_writer=True)
+            written = await self.bus.publish(outcome)
         await msg.ack()
         self.outcomes += 1
         log.info("%s %s/%s: %s in %.3fs%s", type(outcome).__name__, event.campaign_id, event.trial_id,
@@ -210,7 +205,7 @@ class Evaluator:
         except Exception as exc:  # the harness's fault, not the trial's: say so and go on
             log.exception("cannot judge %s/%s", finished.campaign_id, finished.trial_id)
             return TrialAbandoned(
-                event_id=outcome_id(finished.trial_id), campaign_id=finished.campaign_id, producer=self.name,
+                campaign_id=finished.campaign_id, producer=self.name,
                 causation_id=finished.event_id, trial_id=finished.trial_id,
                 evidence=Evidence(stage="evaluator", message=f"{type(exc).__name__}: {exc}"[:2000]),
             )
@@ -230,7 +225,7 @@ class Evaluator:
             verdict = await self.confirm(task, finished, verdict, incumbent.trial_id, noise)
         metrics = evaluation.metrics if evaluation else {}
         return TrialScored(
-            event_id=outcome_id(finished.trial_id), campaign_id=finished.campaign_id, producer=self.name,
+            campaign_id=finished.campaign_id, producer=self.name,
             causation_id=finished.event_id, trial_id=finished.trial_id, label=verdict.label,
             evidence=verdict.evidence, score=verdict.score, gates=verdict.gates,
             # JSON has no NaN: a non-finite metric would make the event unreadable.
@@ -246,10 +241,10 @@ class Evaluator:
         """Ask the executors to rerun the candidate and the incumbent interleaved, then judge the reruns."""
         c, candidate = finished.campaign_id, finished.trial_id
         request = TrialConfirmationRequested(
-            event_id=f"{c}-{candidate}-confirm", campaign_id=c, producer=self.name, causation_id=finished.event_id,
+            campaign_id=c, producer=self.name, causation_id=finished.event_id,
             trial_id=candidate, incumbent_id=incumbent_id, runs=labels.confirmation_runs(candidate, incumbent_id),
         )
-        await self.bus.publish(request, first_writer=True)
+        await self.bus.publish(request)
         # For a redelivered trial, the reruns asked for the first time are the ones that count.
         request = await self.bus.last_event(request.subject)
         timeout = confirmation_timeout(task.spec, len(request.runs))
@@ -264,7 +259,7 @@ class Evaluator:
         return labels.confirm(task.spec, first, runs, candidate, request.incumbent_id, noise)
 
     async def _rerun(self, c: str, candidate: str, index: int, deadline: float) -> ReplicateFinished | None:
-        subject = f"arx.ev.{c}.replicate.{replicate_id(candidate, index)}.finished"
+        subject = subjects.subject(c, "replicate", replicate_id(candidate, index), "finished")
         while (rerun := await self.bus.last_event(subject)) is None:
             if time.monotonic() >= deadline:
                 return None
@@ -327,9 +322,8 @@ class Evaluator:
         if counted >= row["max_trials"]:
             if campaign_id not in self._stopping:
                 await self.bus.publish(
-                    CampaignStopped(event_id=f"{campaign_id}-stopped", campaign_id=campaign_id, producer=self.name,
+                    CampaignStopped(campaign_id=campaign_id, producer=self.name,
                                     reason="max_trials reached", trials=counted),
-                    first_writer=True,  # a campaign stops once, whoever notices first
                 )
                 self._stopping.add(campaign_id)  # until the lineage shows the stop
                 log.info("campaign %s stopped: %d of %d trials", campaign_id, counted, row["max_trials"])
@@ -379,9 +373,9 @@ async def _main(name: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    bus = await Bus.connect(name=name)
+    bus = await Bus.connect(role="evaluator", name=name)
     try:
-        log.info("%s evaluating %s from %s", name, FINISHED, bus.settings.stream)
+        log.info("%s evaluating %s from %s", name, subjects.FINISHES, bus.settings.stream)
         await run_evaluator(bus, name=name, stop=stop)
     finally:
         await bus.close()

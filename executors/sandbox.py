@@ -16,7 +16,9 @@ Walls, outermost first:
   sealed), no processes, no signals but to itself, no sockets. It is not a security boundary against
   native code (see there); the walls above are.
 
-Wall time, CPU time and peak RSS come from os.wait4, not from the recipe.
+Wall time, CPU time and peak RSS come from os.wait4, not from the recipe. A run that failed with "No
+space left on device" on a filesystem that really is full failed for the host's want, not the recipe's
+(RunResult.host_fault); a recipe that raises ENOSPC on a roomy disk has only itself to blame.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from executors import fence
@@ -50,6 +52,10 @@ DISK_POLL_S = 0.5
 ENTRY_BYTES = 4096
 UNSHARE = "unshare"  # util-linux's
 UNSHARE_CHECK_S = 10.0
+# A filesystem with less free space than this (or no free inode) is full.
+FULL_DISK_BYTES = 1 * MB
+TAIL_BYTES = 64 * 1024  # the end of the log searched for the run's own report of a full disk
+_DISK_FULL = re.compile(rb"No space left on device")
 LOOPBACK_ENV = "ARX_LOOPBACK"  # read by recipe_site/sitecustomize.py
 # Python options that skip PYTHONPATH or the site module, and with them the fence.
 _SKIPS_FENCE = re.compile(r"^-[A-Za-z]*[IES][A-Za-z]*$")
@@ -76,6 +82,7 @@ class RunResult:
     killed_by: str | None = None  # the limit whose watchdog ended the run, other than the wall clock
     disk_mb: float = 0.0  # the most the run dir and the log held at one sample
     isolation: tuple[str, ...] = ()  # the walls this run had beyond rlimits: "fence", "net", "pid"
+    host_fault: str | None = None  # why the run failed for the host's want, not the recipe's (a full disk)
 
 
 @functools.cache
@@ -209,6 +216,36 @@ def disk_used(paths: list[Path], stop_above: float) -> float:
     return total
 
 
+def full_disk(path: Path) -> str | None:
+    """How the filesystem holding path is full, in words; None while it has room."""
+    info = os.statvfs(path)
+    free = info.f_bavail * info.f_frsize
+    if free < FULL_DISK_BYTES:
+        return f"{free / MB:.2f} MB free"
+    if info.f_files and not info.f_favail:  # a filesystem that reports inodes at all ran out of them
+        return "no free inodes"
+    return None
+
+
+def _log_end(log_path: Path) -> bytes:
+    with open(log_path, "rb") as handle:
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - TAIL_BYTES))
+        return handle.read()
+
+
+def host_fault(result: RunResult, run_dir: Path, limits: Limits) -> str | None:
+    """The host's fault behind a failed run: it reported "No space left on device", its filesystem
+    really is full, and the run dir holds no more than its budget (else filling it was the recipe's doing)."""
+    if result.timed_out or result.killed_by or not (result.exit_code or result.signal is not None):
+        return None  # it ended well, or one of its own budgets ended it
+    if not _DISK_FULL.search(_log_end(result.log)):
+        return None
+    full = full_disk(run_dir)
+    if full is None or disk_used([run_dir, result.log], limits.disk_mb * MB) > limits.disk_mb * MB:
+        return None
+    return f"host fault: the disk under {run_dir} is full ({full}): the run failed with No space left on device"
+
+
 def _check_program(program: str, run_dir: Path) -> None:
     found = os.path.exists(run_dir / program) if "/" in program else shutil.which(program)
     if not found:
@@ -272,7 +309,8 @@ def run_command(
 
     allow_subprocess lets the recipe's Python start processes (the fence refuses them otherwise); `env`
     adds to the scrubbed environment (the GPUs a trial may see, ARX_SMOKE for a preflight's smoke run).
-    Raises ValueError for a command that would skip the fence, OSError when it cannot start.
+    Raises ValueError for a command that would skip the fence, OSError when it cannot start. A failure
+    that was the host's (a full disk) is in RunResult.host_fault.
     """
     check_fenceable(command)
     run_dir = Path(run_dir).resolve()
@@ -310,7 +348,7 @@ def run_command(
         # The first process of a pid namespace ignores SIGTERM unless it handles it; sitecustomize's
         # handler exits 128 + SIGTERM. Report what ended it, as on a host without the namespace.
         exit_code, ended_by = None, signal.SIGTERM
-    return RunResult(
+    result = RunResult(
         exit_code=exit_code,
         signal=ended_by,
         timed_out=watchdog.timed_out,
@@ -322,3 +360,5 @@ def run_command(
         disk_mb=watchdog.peak_disk / MB,
         isolation=isolation,
     )
+    # Now, while the run dir is as the recipe left it: the disk it filled is still full.
+    return replace(result, host_fault=host_fault(result, run_dir, limits))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import git
 
+from bus import subjects
 from bus.events import CampaignStarted, TrialProposed, check_token
 from executors.edits import EditProblem, InvalidEdit, check_edit
 
@@ -93,7 +94,7 @@ class CampaignRepo:
             if proposal.diff.strip():
                 self._apply(proposal.diff, Path(scratch) / "edit.diff", index)
             tree = self._git("write-tree", index=index)
-            sha = self._commit(proposal, tree, parent)
+            sha = self._commit(proposal, tree, parent, Path(scratch) / "message")
             self._git("update-ref", trial_ref(proposal.trial_id), sha)
             return sha
 
@@ -112,11 +113,14 @@ class CampaignRepo:
             failed = _FAILED_PATH.search(stderr)
             raise InvalidEdit(f"the diff does not apply: {stderr}", failed.group(1) if failed else None) from None
 
-    def _commit(self, proposal: TrialProposed, tree: str, parent: str | None) -> str:
+    def _commit(self, proposal: TrialProposed, tree: str, parent: str | None, message_file: Path) -> str:
         name = re.sub(r"[<>\n\0]", "", proposal.specialist).strip() or "unknown"
         date = f"{int(parse_time(proposal.occurred_at).timestamp())} +0000"
         hypothesis = proposal.hypothesis.replace("\0", "").strip() or "(no hypothesis)"
-        message = f"{proposal.trial_id}: {hypothesis.splitlines()[0]}\n\n{hypothesis}"
+        # From a file, not `-m`: past about 128 KiB an argument is "Argument list too long". The file
+        # holds what `-m` made (the text and a newline), so a trial's SHA is the same as it always was.
+        message = f"{proposal.trial_id}: {hypothesis.splitlines()[0]}\n\n{hypothesis}\n"
+        message_file.write_bytes(message.encode("utf-8", "surrogateescape"))
         ident = {
             "GIT_AUTHOR_NAME": name,
             "GIT_AUTHOR_EMAIL": f"{name}@arx",
@@ -126,7 +130,7 @@ class CampaignRepo:
             "GIT_COMMITTER_DATE": date,
         }
         parents = ["-p", parent] if parent else []
-        return self._git("commit-tree", "--no-gpg-sign", tree, *parents, "-m", message, **ident)
+        return self._git("commit-tree", "--no-gpg-sign", tree, *parents, "-F", str(message_file), **ident)
 
     def export(self, commit: str, dest_dir: Path) -> Path:
         """Write the commit's files into dest_dir, which must not exist yet; no .git comes along."""
@@ -146,10 +150,6 @@ class CampaignRepo:
 def parse_time(stamp: str) -> dt.datetime:
     moment = dt.datetime.fromisoformat(stamp)
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
-
-
-def _proposed_subject(campaign_id: str, trial_id: str) -> str:
-    return f"arx.ev.{campaign_id}.trial.{trial_id}.proposed"
 
 
 async def materialize(bus, repo: CampaignRepo, proposal: TrialProposed, started: CampaignStarted) -> str:
@@ -184,7 +184,7 @@ async def _proposal(bus, child: TrialProposed, *, seen: set[str]) -> TrialPropos
         raise InvalidEdit(str(exc)) from None
     if parent_id in seen:
         raise InvalidEdit(f"trial {parent_id} is its own ancestor")
-    parent = await bus.last_event(_proposed_subject(child.campaign_id, parent_id))
+    parent = await bus.last_event(subjects.trial(child.campaign_id, parent_id, "proposed"))
     if not isinstance(parent, TrialProposed):
         raise InvalidEdit(f"parent trial {parent_id} of {child.trial_id} was never proposed")
     return parent

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import logging
@@ -25,6 +26,8 @@ import anyio
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
+from agents.base import oversize
+from bus import subjects
 from bus.connection import Bus
 from bus.events import (
     CampaignStarted,
@@ -39,8 +42,7 @@ from bus.events import (
     TrialRejected,
     TrialStarted,
     UnknownEvent,
-    check_token,
-    decode,
+    decode_stored,
     replicate_id,
 )
 from evaluators.spec import Task, TaskSpec, load_task, pack_folder
@@ -53,20 +55,16 @@ from executors.trees import CampaignRepo, materialize
 log = logging.getLogger("arx.executor")
 
 QUEUE = "executors"
-PROPOSALS = "arx.ev.*.trial.*.proposed"
-CONFIRMATIONS = "arx.ev.*.trial.*.confirm"  # the evaluator's requests to rerun trials (TrialConfirmationRequested)
 FETCH_TIMEOUT_S = 1.0  # also how long a set `stop` may wait to be noticed between trials
 ALL_PATHS = "*"
 BASELINE_SURFACE = "baseline"  # the campaign's first trial: the bundle as it is, no edit allowed
+# The executor's own writes failing with these ran out of the host's disk, file handles or memory.
+HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def queue_name(device_kind: str) -> str:
     """The durable consumer of one device class's executors ("executors" for CPUs, as it always was)."""
     return QUEUE if device_kind == CPU else f"{QUEUE}-{device_kind}"
-
-
-def subject(campaign_id: str, aggregate: str, aggregate_id: str, verb: str) -> str:
-    return f"arx.ev.{campaign_id}.{aggregate}.{aggregate_id}.{verb}"
 
 
 def surface_paths(spec: TaskSpec, surface: str) -> list[str] | None:
@@ -76,6 +74,20 @@ def surface_paths(spec: TaskSpec, surface: str) -> list[str] | None:
     if surface == BASELINE_SURFACE:
         return []
     return spec.surface(surface).paths
+
+
+class HostFault(Exception):
+    """The host failed the trial, not the recipe: its disk is full, or it has no file handles or memory left."""
+
+
+def host_fault_of(exc: BaseException) -> str | None:
+    """The host's fault an exception is, in words: a HostFault, or an OSError of the executor's own (its
+    log, the run dir, the artifact) for want of disk, file handles or memory; None for anything else."""
+    if isinstance(exc, HostFault):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in HOST_ERRNOS:
+        return f"host fault ({errno.errorcode[exc.errno]}) in the executor: {exc}"
+    return None
 
 
 def log_tail(path: Path, chars: int) -> str:
@@ -158,11 +170,9 @@ class Executor:
     async def handle(self, msg) -> None:
         """Run or settle one delivery, then ack it. Raises only when the bus itself fails (no ack)."""
         try:
-            proposal = decode(msg.data)
+            proposal = decode_stored(msg.subject, msg.data)
             if not isinstance(proposal, (TrialProposed, TrialConfirmationRequested)):
                 raise UnknownEvent(type(proposal).__name__)
-            check_token("campaign", proposal.campaign_id)
-            check_token("trial", proposal.trial_id)
         except (msgspec.DecodeError, UnknownEvent, ValueError) as exc:
             self.skipped += 1
             log.warning("skipping message on %s: %s (%d skipped so far)", msg.subject, exc, self.skipped)
@@ -197,13 +207,16 @@ class Executor:
         await msg.ack()
 
     async def _handle(self, proposal: TrialProposed, attempt: int) -> None:
+        if proposal.rejection is not None:  # the agent found its own edit invalid: agents write no outcomes
+            await self._outcome(TrialRejected, proposal, Evidence(stage="propose", message=proposal.rejection),
+                                label="invalid_edit")
+            return
         if await self._settled_without_running(proposal, attempt):
             return
         campaign_id, trial_id = proposal.campaign_id, proposal.trial_id
         # Published before any work: orchestration latency is measured from proposed to started.
         await self.bus.publish(
             TrialStarted(
-                event_id=f"{campaign_id}-{trial_id}-started-{attempt}",
                 campaign_id=campaign_id,
                 producer=self.name,
                 causation_id=proposal.event_id,
@@ -218,6 +231,8 @@ class Executor:
             problems = check_edit(proposal.diff, surface_paths(task.spec, proposal.surface), task.spec.frozen)
         except KeyError as exc:
             problems = [EditProblem(exc.args[0])]
+        if (too_big := oversize(proposal.hypothesis, proposal.diff)) is not None:  # from a client that let it by
+            problems = [EditProblem(too_big)]
         if not problems:
             try:
                 commit = await materialize(self.bus, repo, proposal, started)
@@ -231,11 +246,12 @@ class Executor:
     async def _settled_without_running(self, proposal: TrialProposed, attempt: int) -> bool:
         """Redeliveries of a trial that already ran, trials of stopped campaigns, and exhausted retries."""
         campaign_id, trial_id = proposal.campaign_id, proposal.trial_id
-        for verb in ("outcome", "finished"):
-            if await self.bus.last_event(subject(campaign_id, "trial", trial_id, verb)) is not None:
-                log.info("trial %s of %s already %s: redelivery skipped", trial_id, campaign_id, verb)
+        earlier = [subjects.trial(campaign_id, trial_id, "finished", past) for past in range(1, attempt)]
+        for done in (subjects.trial(campaign_id, trial_id, "outcome"), *earlier):
+            if await self.bus.last_event(done) is not None:
+                log.info("trial %s of %s already has %s: redelivery skipped", trial_id, campaign_id, done)
                 return True
-        stopped = await self.bus.last_event(subject(campaign_id, "campaign", campaign_id, "stopped"))
+        stopped = await self.bus.last_event(subjects.campaign(campaign_id, "stopped"))
         if isinstance(stopped, CampaignStopped):
             message = f"campaign_stopped: campaign {campaign_id} was stopped ({stopped.reason}) before this trial ran"
             await self._abandon(proposal, Evidence(stage="campaign_stopped", message=message))
@@ -263,7 +279,7 @@ class Executor:
 
     async def _started_event(self, campaign_id: str) -> CampaignStarted | None:
         if campaign_id not in self._started:
-            started = await self.bus.last_event(subject(campaign_id, "campaign", campaign_id, "started"))
+            started = await self.bus.last_event(subjects.campaign(campaign_id, "started"))
             if not isinstance(started, CampaignStarted):
                 return None
             self._started[campaign_id] = started
@@ -280,10 +296,15 @@ class Executor:
         return self._campaigns[campaign_id]
 
     async def _run(self, proposal: TrialProposed, attempt: int, task: Task, repo: CampaignRepo, commit: str) -> None:
-        measured = await self._measure(proposal.campaign_id, f"{proposal.trial_id}-{attempt}", task, repo, commit,
-                                       diff=proposal.diff)
+        try:
+            measured = await self._measure(proposal.campaign_id, f"{proposal.trial_id}-{attempt}", task, repo,
+                                           commit, diff=proposal.diff)
+        except (HostFault, OSError) as exc:
+            if (fault := host_fault_of(exc)) is None:
+                raise
+            await self._abandon(proposal, Evidence(stage="execute", message=fault))
+            return
         await self.bus.publish(TrialFinished(
-            event_id=f"{proposal.campaign_id}-{proposal.trial_id}-finished-{attempt}",
             campaign_id=proposal.campaign_id,
             producer=self.name,
             causation_id=proposal.event_id,
@@ -299,15 +320,15 @@ class Executor:
         started, task, repo = await self._campaign(c)
         for index, trial_id in enumerate(request.runs):
             rerun = replicate_id(request.trial_id, index)
-            if await self.bus.last_event(subject(c, "replicate", rerun, "finished")) is not None:
+            if await self.bus.last_event(subjects.subject(c, "replicate", rerun, "finished")) is not None:
                 continue
-            proposal = await self.bus.last_event(subject(c, "trial", trial_id, "proposed"))
+            proposal = await self.bus.last_event(subjects.trial(c, trial_id, "proposed"))
             if not isinstance(proposal, TrialProposed):
                 raise RuntimeError(f"confirmation of {request.trial_id} reruns {trial_id}, which was never proposed")
             commit = await materialize(self.bus, repo, proposal, started)
             measured = await self._measure(c, f"{rerun}-{attempt}", task, repo, commit)
             await self.bus.publish(ReplicateFinished(
-                event_id=f"{c}-{rerun}-finished", campaign_id=c, producer=self.name, causation_id=request.event_id,
+                campaign_id=c, producer=self.name, causation_id=request.event_id,
                 trial_id=trial_id, confirm_of=request.trial_id, index=index, attempt=attempt, **measured,
             ))
 
@@ -364,8 +385,11 @@ class Executor:
 
     def _run_command(self, spec: TaskSpec, run_dir: Path, limits: Limits, log_path: Path, *,
                      command: list[str] | None = None, env: dict[str, str] | None = None) -> RunResult:
-        return run_recipe(spec, run_dir, limits, log_path, home=self.home, devices=self.devices, command=command,
-                          env=env)
+        result = run_recipe(spec, run_dir, limits, log_path, home=self.home, devices=self.devices, command=command,
+                            env=env)
+        if result.host_fault is not None:
+            raise HostFault(result.host_fault)
+        return result
 
     async def _reject(self, proposal: TrialProposed, problems: list[EditProblem]) -> None:
         message = "; ".join(str(problem) for problem in problems)
@@ -377,7 +401,6 @@ class Executor:
     async def _outcome(self, kind, proposal: TrialProposed, evidence: Evidence, *, label: str) -> None:
         """The trial's one outcome; if another writer was first, theirs stands."""
         outcome = kind(
-            event_id=f"{proposal.campaign_id}-{proposal.trial_id}-{kind.__name__.lower()}",
             campaign_id=proposal.campaign_id,
             producer=self.name,
             causation_id=proposal.event_id,
@@ -385,7 +408,7 @@ class Executor:
             label=label,
             evidence=evidence,
         )
-        if await self.bus.publish(outcome, first_writer=True):
+        if await self.bus.publish(outcome):
             log.info("trial %s of %s: %s (%s)", proposal.trial_id, proposal.campaign_id, label, evidence.message)
         else:
             log.info("trial %s of %s already had an outcome", proposal.trial_id, proposal.campaign_id)
@@ -396,7 +419,7 @@ async def run_executor(
 ) -> None:
     """Run trials from its device class's queue until `stop` is set (a running trial finishes first)."""
     executor = Executor(bus, name, devices)
-    sub = await bus.durable(queue_name(devices.kind), [PROPOSALS, CONFIRMATIONS])
+    sub = await bus.durable(queue_name(devices.kind), [subjects.PROPOSALS, subjects.CONFIRMATIONS])
     log.info("executor %s waiting for trials on %s", name, ", ".join(devices.names) or CPU)
     try:
         while stop is None or not stop.is_set():
@@ -427,7 +450,7 @@ async def _serve(name: str, devices: Devices) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with await Bus.connect(name=name) as bus:
+    async with await Bus.connect(role="executor", name=name) as bus:
         await run_executor(bus, name=name, stop=stop, devices=devices)
 
 

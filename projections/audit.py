@@ -98,6 +98,7 @@ def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
         "trials": len(counted),
         "in_flight": sum(t.label is None for t in counted),
         "labels": _counts(t.label for t in counted if t.label),
+        "skipped_events": lineage.skipped(campaign_id),
         "baseline_trial": root.trial_id if root else None,
         "baseline_score": baseline_score,
         "best_trial": best.trial_id if best else None,
@@ -291,6 +292,7 @@ def _campaign_text(name: str, a: dict) -> str:
         f"  baseline {_num(a['baseline_score'])} ({a['baseline_trial'] or '-'}), best {_num(a['best_score'])}"
         f" ({a['best_trial'] or '-'}), improvement {'-' if change is None else f'{change:+.3f}%'}",
         "  labels: " + (", ".join(f"{label} {n}" for label, n in a["labels"].items()) or "none"),
+        "  events not folded: " + (", ".join(f"{why} {n}" for why, n in a["skipped_events"].items()) or "none"),
         "  per specialist:",
     ]
     for specialist, s in a["specialists"].items():
@@ -329,7 +331,7 @@ def _campaign_text(name: str, a: dict) -> str:
 
 async def _caught_up() -> Lineage:
     lineage = Lineage()
-    async with await Bus.connect(name="arx-audit") as bus:
+    async with await Bus.connect(role="reader", name="arx-audit") as bus:
         await catch_up(bus, lineage)
     return lineage
 

@@ -7,7 +7,8 @@ import logging
 import anyio
 import nats.errors
 
-from bus.connection import SUBJECTS, Bus
+from bus import subjects
+from bus.connection import Bus
 from projections.lineage import Lineage
 
 log = logging.getLogger("arx.follow")
@@ -18,7 +19,7 @@ BUS_ERRORS = (nats.errors.Error, OSError)
 RETRY_S = 1.0
 
 
-async def catch_up(bus: Bus, lineage: Lineage, *, subject: str = SUBJECTS) -> int:
+async def catch_up(bus: Bus, lineage: Lineage, *, subject: str = subjects.ALL) -> int:
     """Fold everything in the stream now (or only what matches subject); returns events applied."""
     applied = 0
     async for batch in bus.read(start_seq=lineage.checkpoint + 1, subject=subject):

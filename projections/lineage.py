@@ -25,7 +25,8 @@ import msgspec
 import sqlite_utils
 
 from bus.connection import StoredMessage
-from bus.events import Event, UnknownEvent, decode
+from bus import subjects
+from bus.events import Event, Misfiled, NewerSchema, UnknownEvent, decode_stored
 from projections.fold import Rows, fold, named_rows
 
 # sqlite3 binds a None only after looking for an adapter for it, through two attribute lookups that
@@ -68,6 +69,8 @@ CREATE TABLE IF NOT EXISTS gates (
     PRIMARY KEY (campaign_id, trial_id, gate)
 );
 CREATE TABLE IF NOT EXISTS projection_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- Messages the fold would not use, and why: never folded, kept for the audit.
+CREATE TABLE IF NOT EXISTS skipped_events (seq INTEGER PRIMARY KEY, subject TEXT, reason TEXT, detail TEXT);
 """
 
 
@@ -99,28 +102,43 @@ class Lineage:
         return self.counter("seq")
 
     def counter(self, key: str) -> int:
-        """A projection counter: 'seq' (last folded stream sequence) or 'skipped' (unusable events)."""
+        """A projection counter: 'seq', the last folded stream sequence."""
         row = self.db.execute("SELECT value FROM projection_state WHERE key = ?", (key,)).fetchone()
         return row[0] if row else 0
+
+    def skipped(self, campaign_id: str | None = None) -> dict[str, int]:
+        """How many messages the fold skipped, by reason (see `_event`): all, or those on one campaign's subjects."""
+        where, params = ("", ()) if campaign_id is None else ("WHERE subject LIKE ? ESCAPE '\\'", (
+            subjects.of_campaign(campaign_id)[:-1].replace("_", "\\_") + "%",))
+        return dict(self.db.execute(
+            f"SELECT reason, count(*) FROM skipped_events {where} GROUP BY reason ORDER BY reason", params
+        ))
 
     def apply(self, batch: list[StoredMessage]) -> int:
         """Fold a batch in one transaction with its checkpoint; returns how many events applied.
 
         Messages at or below the checkpoint are ignored (a batch read again after a crash). A message
-        that is not an event this version knows is skipped and counted.
+        the fold cannot trust or use is recorded in skipped_events with its reason, never folded.
         """
         with self._transaction():
             start = self.checkpoint
             fresh = [msg for msg in batch if msg.seq > start]
             if not fresh:
                 return 0
-            events = [(event, msg.seq) for msg in fresh if (event := _event(msg))]
+            events, skipped = [], []
+            for msg in fresh:
+                event = _event(msg)
+                if isinstance(event, Event):
+                    events.append((event, msg.seq))
+                else:
+                    skipped.append((msg.seq, msg.subject, *event))
             rows = self._rows_named_by(events)
             for event, seq in events:
                 fold(rows, event, seq)
             self._write(rows)
             self._set("seq", fresh[-1].seq)
-            self._set("skipped", self.counter("skipped") + len(fresh) - len(events))
+            if skipped:
+                self.db.conn.executemany("INSERT OR REPLACE INTO skipped_events VALUES (?, ?, ?, ?)", skipped)
         return len(events)
 
     def _rows_named_by(self, events: list[tuple[Event, int]]) -> Rows:
@@ -208,12 +226,19 @@ def _literal(default: str | None):
     return None if default is None or default.upper() == "NULL" else ast.literal_eval(default)
 
 
-def _event(msg: StoredMessage) -> Event | None:
-    """The message's event, or None for one this version cannot use (skipped and counted)."""
+def _event(msg: StoredMessage) -> Event | tuple[str, str]:
+    """The message's event, or (reason, detail) for one the fold will not use: a newer type or schema,
+    corrupt bytes, or an event that is not on its own subject (whose writer nats-server did not vouch for)."""
     try:
-        return decode(msg.data)
-    except (UnknownEvent, msgspec.DecodeError):
-        return None
+        return decode_stored(msg.subject, msg.data)
+    except NewerSchema as exc:
+        return "newer schema", str(exc)
+    except UnknownEvent as exc:
+        return "unknown type", str(exc)
+    except Misfiled as exc:
+        return "misfiled", str(exc)
+    except (msgspec.DecodeError, ValueError) as exc:
+        return "corrupt", str(exc)[:500]
 
 
 def loads(text: str | None):

@@ -35,6 +35,7 @@ TRANSIENT_ERRORS = (*BUS_ERRORS, sqlite3.OperationalError)
 WATCH_S = 1.0
 CLOSE_TIMEOUT_S = 5.0
 REPLAY_BATCH = 2000  # events per transaction of a replay
+CORRUPT = ("SQLITE_NOTADB", "SQLITE_CORRUPT")  # the file is no lineage database, or a damaged one
 
 
 def db_path(args) -> Path:
@@ -92,7 +93,7 @@ async def _close(bus: Bus) -> None:
 async def _follow_main(path: Path) -> None:
     file = LineageFile(path)
     with file.sole_writer():
-        bus = await Bus.connect(name="arx-projector")
+        bus = await Bus.connect(role="reader", name="arx-projector")
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_until_signalled, tg.cancel_scope)
@@ -111,10 +112,23 @@ def cli_follow(args) -> int:
 
 @contextlib.contextmanager
 def _clear_sqlite_errors(path: Path):
+    """SQLite's failures as one line that names the file; a file that is no database says how to rebuild it."""
     try:
         yield
-    except sqlite3.Error as exc:
-        raise RuntimeError(f"{path}: {exc}") from None
+    except (sqlite3.Error, ExceptionGroup) as exc:
+        error = _first(exc, sqlite3.Error)
+        if error is None:
+            raise
+        if getattr(error, "sqlite_errorname", "") in CORRUPT:
+            raise RuntimeError(f"{path} is corrupt ({error}): `arx replay` rebuilds it from the log") from None
+        raise RuntimeError(f"{path}: {error}") from None
+
+
+def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in exc, looking into exception groups (a task group wraps what it raises)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return next((found for inner in exc.exceptions if (found := _first(inner, kind)) is not None), None)
+    return exc if isinstance(exc, kind) else None
 
 
 @dataclass(frozen=True)
@@ -166,17 +180,16 @@ async def _fold_all(batches: AsyncIterable[list[StoredMessage]], built: Path) ->
         applied = 0
         async for batch in batches:
             applied += lineage.apply(batch)
-        return Replayed(applied, lineage.counter("skipped"), lineage.checkpoint, time.perf_counter() - began)
+        return Replayed(applied, sum(lineage.skipped().values()), lineage.checkpoint, time.perf_counter() - began)
     finally:
         lineage.close()
 
 
 async def file_batches(path: Path) -> AsyncIterator[list[StoredMessage]]:
-    """An event file as replay batches, seq = line number. Its lines are decoded once, by the fold
-    (bus.eventfile.iter_file decodes each for its subject, which a fold does not use)."""
+    """An event file as replay batches, seq = line number; a file records no subjects (see StoredMessage)."""
     for lines in read_line_blocks(path):
         for i in range(0, len(lines), REPLAY_BATCH):
-            yield [StoredMessage(number, "", data) for number, data in lines[i : i + REPLAY_BATCH]]
+            yield [StoredMessage(number, None, data) for number, data in lines[i : i + REPLAY_BATCH]]
 
 
 @contextlib.contextmanager
@@ -194,7 +207,7 @@ async def _replay_main(path: Path, from_file: Path | None) -> Replayed:
     if from_file is not None:
         with _no_projector(path):
             return await replay(file_batches(from_file), path)
-    bus = await Bus.connect(name="arx-replay")
+    bus = await Bus.connect(role="reader", name="arx-replay")
     try:
         return await replay(bus.read(batch=REPLAY_BATCH), path)
     finally:

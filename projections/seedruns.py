@@ -243,7 +243,7 @@ def tsv_events(path: Path | str, campaign_id: str) -> Imported:
         last_time = row.time
     trials = sum(row.status != BASELINE for row in rows)
     started = CampaignStarted(
-        event_id=f"{campaign_id}-started", campaign_id=campaign_id, occurred_at=start, producer=PRODUCER,
+        campaign_id=campaign_id, occurred_at=start, producer=PRODUCER,
         task=layout.task, metric=layout.score, direction=layout.direction, max_trials=trials,
         bundle=NO_BUNDLE, spec={"imported": "seed-release results.tsv", "columns": layout.columns},
     )
@@ -257,7 +257,7 @@ def tsv_events(path: Path | str, campaign_id: str) -> Imported:
     dropped = sum(bool(row.dropped) and row.label != UNPARSED for row in rows)
     events.append(
         CampaignStopped(
-            event_id=f"{campaign_id}-stopped", campaign_id=campaign_id, occurred_at=last_time, producer=PRODUCER,
+            campaign_id=campaign_id, occurred_at=last_time, producer=PRODUCER,
             causation_id=started.event_id, trials=trials,
             reason=f"imported from a seed-release results.tsv: {len(rows)} rows, {unparsed} unparsed",
         )
@@ -280,7 +280,7 @@ def _joins(rows: list[_Row], started: CampaignStarted) -> list[SpecialistJoined]
             surfaces.setdefault(row.specialist, row.fields.get("domain", ""))
     return [
         SpecialistJoined(
-            event_id=f"{started.campaign_id}-{name}-joined", campaign_id=started.campaign_id,
+            campaign_id=started.campaign_id,
             occurred_at=started.occurred_at, producer=PRODUCER, causation_id=started.event_id,
             specialist=name, surface=surface, policy=POLICY,
         )
@@ -291,7 +291,7 @@ def _joins(rows: list[_Row], started: CampaignStarted) -> list[SpecialistJoined]
 def _trial(row: _Row, started: CampaignStarted, scores: dict[str, float]) -> tuple[TrialProposed, TrialScored]:
     c = started.campaign_id
     proposed = TrialProposed(
-        event_id=f"{c}-{row.trial_id}-proposed", campaign_id=c, occurred_at=row.time, producer=PRODUCER,
+        campaign_id=c, occurred_at=row.time, producer=PRODUCER,
         causation_id=started.event_id, trial_id=row.trial_id, specialist=row.specialist,
         surface=row.fields.get("domain", ""), parent_id=row.parent_id, hypothesis=row.fields.get("hypothesis", ""),
         diff="", expected_delta=row.expected_delta, policy=POLICY,
@@ -299,7 +299,7 @@ def _trial(row: _Row, started: CampaignStarted, scores: dict[str, float]) -> tup
     parsed = row.label != UNPARSED
     incumbent = row.incumbent_id if parsed and row.status != BASELINE else None
     outcome = TrialScored(
-        event_id=f"{c}-{row.trial_id}-outcome", campaign_id=c, occurred_at=row.time, producer=PRODUCER,
+        campaign_id=c, occurred_at=row.time, producer=PRODUCER,
         causation_id=proposed.event_id, trial_id=row.trial_id, label=row.label, evidence=row.evidence(),
         score=row.score if parsed else None, metrics=row.metrics, incumbent_id=incumbent,
         incumbent_score=scores.get(incumbent) if incumbent else None,
@@ -331,7 +331,7 @@ def cli(args) -> int:
         return 0
 
     async def publish():
-        async with await Bus.connect(name="arx-import-tsv") as bus:
+        async with await Bus.connect(role="admin", name="arx-import-tsv") as bus:
             return await publish_events(bus, imported.events)
 
     report = asyncio.run(publish())

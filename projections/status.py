@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bus import subjects
 from bus.connection import Bus
 from bus.events import check_token
 from projections import views
@@ -23,8 +24,6 @@ from projections.follow import catch_up
 from projections.lineage import Lineage
 
 BUS_TIMEOUT_S = 60.0
-# Every CampaignStarted: few events, enough to find the latest campaign without reading the rest.
-STARTED_SUBJECT = "arx.ev.*.campaign.*.started"
 
 
 def read_file(path: Path, campaign: str | None) -> dict | None:
@@ -42,12 +41,12 @@ def read_file(path: Path, campaign: str | None) -> dict | None:
 async def read_log(campaign: str | None) -> dict | None:
     try:
         with anyio.fail_after(BUS_TIMEOUT_S):
-            async with await Bus.connect(name="arx-status") as bus:
+            async with await Bus.connect(role="reader", name="arx-status") as bus:
                 campaign = campaign or await _latest_campaign(bus)
                 if campaign is None:
                     return None
                 lineage = Lineage()
-                await catch_up(bus, lineage, subject=f"arx.ev.{campaign}.>")
+                await catch_up(bus, lineage, subject=subjects.of_campaign(campaign))
                 return views.summary(lineage, campaign)
     except TimeoutError:
         raise RuntimeError(f"reading the log took longer than {BUS_TIMEOUT_S:.0f}s") from None
@@ -55,7 +54,7 @@ async def read_log(campaign: str | None) -> dict | None:
 
 async def _latest_campaign(bus: Bus) -> str | None:
     started = Lineage()
-    await catch_up(bus, started, subject=STARTED_SUBJECT)
+    await catch_up(bus, started, subject=subjects.STARTED_CAMPAIGNS)  # few events: no need to read the rest
     latest = views.campaign(started)
     return latest["campaign_id"] if latest else None
 
@@ -85,6 +84,10 @@ def render(summary: dict, console: Console) -> None:
         f"noise floor {s['noise'] * 100:.1f}%{prior} of the score: a keep must beat the incumbent by more;"
         f" {s['confirmed']} close wins settled by interleaved reruns"
     )
+
+    if s["skipped_events"]:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in s["skipped_events"].items())
+        console.print(f"[bold red]events not folded[/bold red] (untrusted or unreadable, see arx audit): {reasons}")
 
     labels = Table(title="labels")
     labels.add_column("label")

@@ -58,6 +58,16 @@ def in_flight(lineage: Lineage, campaign_id: str, specialist: str | None = None)
     return lineage.db.execute(sql, params).fetchone()[0]
 
 
+def recent_labels(lineage: Lineage, campaign_id: str, specialist: str, count: int) -> list[str]:
+    """The labels of one specialist's last `count` outcomes, newest first."""
+    rows = lineage.query(
+        "SELECT label FROM trials WHERE campaign_id = ? AND specialist = ? AND outcome_seq IS NOT NULL"
+        " ORDER BY outcome_seq DESC LIMIT ?",
+        (campaign_id, specialist, count),
+    )
+    return [row["label"] for row in rows]
+
+
 def confirmed(lineage: Lineage, campaign_id: str) -> int:
     """Outcomes decided by rerunning the candidate beside the incumbent (a win within a few noise widths)."""
     (n,) = lineage.db.execute(
@@ -123,4 +133,6 @@ def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 1
         "best_trial": best.trial_id if best else None,
         "improvement_pct": improvement_pct(baseline_score, best.score if best else None),
         "recent": last,
+        # Messages on this campaign's subjects that the fold would not trust or use, by reason.
+        "skipped_events": lineage.skipped(c),
     }

@@ -19,7 +19,7 @@ def describe(summary: dict) -> str:
 
 
 async def watch(campaign_id: str | None) -> dict:
-    async with await Bus.connect(name="arx-watch") as bus:
+    async with await Bus.connect(role="reader", name="arx-watch") as bus:
         live = LiveLineage(bus)
         async with anyio.create_task_group() as tg:
             tg.start_soon(live.run)

@@ -44,7 +44,7 @@ def p95(values: list[float]) -> float:
 
 async def finished_lineage(settings, roles: Roles, timeout_s: float) -> Lineage:
     deadline = time.monotonic() + timeout_s
-    async with await Bus.connect(settings, name="bench-overhead") as bus:
+    async with await Bus.connect(settings, role="admin", name="bench-overhead") as bus:
         lineage = Lineage()
         while time.monotonic() < deadline:
             await catch_up(bus, lineage)
@@ -60,7 +60,7 @@ async def finished_lineage(settings, roles: Roles, timeout_s: float) -> Lineage:
 def measure(trials: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="arx-overhead-") as tmp:
         root = Path(tmp)
-        server = LocalServer(root / "nats").start()
+        server = LocalServer(root / "nats", home=root / "home").start()
         env = {**os.environ, "NATS_URL": server.url, "ARX_HOME": str(root / "home")}
         roles = Roles(env, root / "logs")
         try:

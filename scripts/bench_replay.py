@@ -88,7 +88,7 @@ def _trial_events(i: int, rng: random.Random, words: Prose, best: str) -> tuple[
     specialist = SPECIALISTS[i % len(SPECIALISTS)]
     common = {"campaign_id": C, "trial_id": trial, "occurred_at": TIME}
     events: list[Event] = [TrialProposed(
-        event_id=f"{trial}-p", producer=specialist, specialist=specialist, surface=specialist,
+        producer=specialist, specialist=specialist, surface=specialist,
         parent_id=None if i == 0 else best, hypothesis=words(150, 400), diff=words(300, 2000),
         expected_delta=-0.01, shown_ids=[f"t{rng.randrange(i + 1):07d}" for _ in range(8)],
         params={"LR": rng.random(), "WARMUP": float(rng.randrange(10))}, policy="llm", model="gpt-x",
@@ -97,26 +97,26 @@ def _trial_events(i: int, rng: random.Random, words: Prose, best: str) -> tuple[
     )]
     if label == "invalid_edit":
         events.append(TrialRejected(
-            event_id=f"{trial}-o", evidence=Evidence(stage="apply", message=words(40, 200)), **common,
+            evidence=Evidence(stage="apply", message=words(40, 200)), **common,
         ))
         return events, best
-    events.append(TrialStarted(event_id=f"{trial}-s1", executor="executor-1", **common))
+    events.append(TrialStarted(executor="executor-1", **common))
     if label == "harness_abort":
-        events.append(TrialStarted(event_id=f"{trial}-s2", executor="executor-2", attempt=2, **common))
+        events.append(TrialStarted(executor="executor-2", attempt=2, **common))
         events.append(TrialAbandoned(
-            event_id=f"{trial}-o", evidence=Evidence(stage="execute", message="delivered 3 times"), **common,
+            evidence=Evidence(stage="execute", message="delivered 3 times"), **common,
         ))
         return events, best
     failed = label not in ("keep", "discard", "within_noise")
     events.append(TrialFinished(
-        event_id=f"{trial}-f", executor="executor-1", commit="ab" * 20, exit_code=1 if label == "crash" else 0,
+        executor="executor-1", commit="ab" * 20, exit_code=1 if label == "crash" else 0,
         wall_s=rng.random() * 60, cpu_s=rng.random() * 60, peak_rss_mb=300 + rng.random() * 100,
         limits={"train_s": 60.0, "memory_mb": 4096.0}, log_tail=words(1000, 4000) if failed else words(200, 800),
         **common,
     ))
     score = None if label == "crash" else 10.0 * (1 + rng.uniform(-0.02, 0.05))
     events.append(TrialScored(
-        event_id=f"{trial}-o", label=label, score=score,
+        label=label, score=score,
         metrics={} if score is None else {"accuracy": 0.97, "seeds": 3.0, "size_mb": 12.5},
         gates=[GateVerdict(gate=g, passed=not failed, measured=1.0, limit=1.0) for g in ("accuracy", "seeds", "size")],
         incumbent_id=best, incumbent_score=10.0, noise=0.03,
@@ -131,12 +131,12 @@ def campaign_log(events: int, seed: int = 0) -> list[Event]:
     rng = random.Random(seed)
     words = Prose(rng)
     log: list[Event] = [CampaignStarted(
-        event_id=f"{C}-started", campaign_id=C, occurred_at=TIME, task="digits-speedrun", metric="train_s",
+        campaign_id=C, occurred_at=TIME, task="digits-speedrun", metric="train_s",
         direction="min", max_trials=events, bundle=ObjectRef(name="bundles/bench.tar.gz", size=1, sha256="0" * 64),
         noise=0.03, spec={"name": "digits-speedrun", "description": words(300, 300)},
     )]
     log += [
-        SpecialistJoined(event_id=f"{C}-{name}", campaign_id=C, occurred_at=TIME, specialist=name,
+        SpecialistJoined(campaign_id=C, occurred_at=TIME, specialist=name,
                          surface=name, policy="llm")
         for name in SPECIALISTS
     ]
@@ -151,7 +151,7 @@ def campaign_log(events: int, seed: int = 0) -> list[Event]:
         log.append(running[pick].pop(0))
         if not running[pick]:
             running.pop(pick)
-    log.append(CampaignStopped(event_id=f"{C}-stopped", campaign_id=C, occurred_at=TIME, reason="budget", trials=i))
+    log.append(CampaignStopped(campaign_id=C, occurred_at=TIME, reason="budget", trials=i))
     return log
 
 
@@ -223,7 +223,7 @@ class Round(msgspec.Struct):
 
 
 def measure(events: int, rounds: int, work: Path) -> tuple[list[Round], int]:
-    server = LocalServer(work / "nats").start()
+    server = LocalServer(work / "nats", home=work / "home").start()
     os.environ.update(NATS_URL=server.url, ARX_HOME=str(work / "home"))
     exported = work / "events.jsonl"
     try:
@@ -245,14 +245,14 @@ def measure(events: int, rounds: int, work: Path) -> tuple[list[Round], int]:
 
 async def _prepare(log: list[Event], exported: Path) -> int:
     """Publish the log to the bus and export it to a file; returns its length."""
-    async with await Bus.connect(name="bench-replay") as bus:
+    async with await Bus.connect(role="admin", name="bench-replay") as bus:
         await publish(bus, log)
         await export_campaign(bus, C, exported)
     return len(log)
 
 
 async def _replay_stream(db: Path) -> None:
-    async with await Bus.connect(name="bench-replay") as bus:
+    async with await Bus.connect(role="admin", name="bench-replay") as bus:
         await replay(bus.read(batch=REPLAY_BATCH), db)
 
 

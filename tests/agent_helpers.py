@@ -61,12 +61,12 @@ async def score(bus: Bus, c: str, trial_id: str, value: float | None = 10.0, lab
     outcome = TrialScored(
         event_id=f"{c}-{trial_id}-outcome", campaign_id=c, trial_id=trial_id, label=label, score=value
     )
-    await bus.publish(outcome, first_writer=True)
+    await bus.publish(outcome)
 
 
 async def abandon(bus: Bus, c: str, trial_id: str) -> None:
     outcome = TrialAbandoned(event_id=f"{c}-{trial_id}-outcome", campaign_id=c, trial_id=trial_id)
-    await bus.publish(outcome, first_writer=True)
+    await bus.publish(outcome)
 
 
 async def stop_campaign(bus: Bus, c: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ SEED_RUNS = ROOT.parent / "shared" / "seed-runs"
 @pytest.fixture
 def nats_server(tmp_path):
     """A fresh server per test (it starts in well under a second): no state leaks between tests."""
-    server = LocalServer(tmp_path / "nats").start()
+    server = LocalServer(tmp_path / "nats", home=tmp_path / "arx-home").start()
     yield server
     server.kill()
 
@@ -39,3 +40,19 @@ def arx_env(nats_server, tmp_path, monkeypatch):
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB filesystem (a tmpfs) for a test to fill up; skipped where mounting is not permitted."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                                 text=True, timeout=30)
+    except OSError as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (mounting needs root): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True, timeout=30)

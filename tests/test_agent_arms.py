@@ -43,7 +43,7 @@ def test_rosters_per_arm():
 
 
 async def test_tpe_without_lineage_knows_only_the_incumbent(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         for c, arm in (("seen", "lineage"), ("blind", "no-lineage")):
             await start_campaign(bus, c, arm=arm, max_trials=50)
             await score(bus, c, "baseline", 10.0, "keep")

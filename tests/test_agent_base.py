@@ -3,6 +3,8 @@ stopping, restarting without private memory, and trees rebuilt from the log."""
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import pytest
 from agent_helpers import (
@@ -18,7 +20,18 @@ from agent_helpers import (
     wait_for_trials,
 )
 
-from agents.base import Context, Proposal, Specialist
+from agents.base import (
+    BREAKER_FIRST_S,
+    BREAKER_MAX_S,
+    BREAKER_TRIALS,
+    MAX_DIFF_BYTES,
+    MAX_HYPOTHESIS_BYTES,
+    Context,
+    Proposal,
+    Specialist,
+    breaker_wait,
+    oversize,
+)
 from agents.edits import apply_diff, read_knob, set_knob, unified_diff
 from agents.trees import Trees
 from bus.connection import Bus
@@ -74,7 +87,7 @@ async def joined_events(bus: Bus, c: str) -> list:
 
 
 async def test_respects_max_in_flight_and_a_restart_carries_on(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await score(bus, "c1", "baseline", 10.0)
 
@@ -106,7 +119,7 @@ async def test_respects_max_in_flight_and_a_restart_carries_on(arx_env):
 
 
 async def test_stops_proposing_when_the_budget_is_used(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1", max_trials=3)
         await score(bus, "c1", "baseline", 10.0)
 
@@ -125,7 +138,7 @@ async def test_stops_proposing_when_the_budget_is_used(arx_env):
 
 
 async def test_proposes_against_the_incumbent_tree_rebuilt_from_the_chain(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await score(bus, "c1", "baseline", 10.0)
         t1 = set_knob(BASELINE_FILES["train.py"], "LR", 0.05)
@@ -151,7 +164,7 @@ async def test_proposes_against_the_incumbent_tree_rebuilt_from_the_chain(arx_en
 
 
 async def test_waits_for_a_campaign_and_picks_the_latest_running_one(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "old")
         await stop_campaign(bus, "old")
 
@@ -166,7 +179,7 @@ async def test_waits_for_a_campaign_and_picks_the_latest_running_one(arx_env):
 
 
 async def test_a_stopped_campaign_ends_the_run_at_once(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await stop_campaign(bus, "c1")
         with anyio.fail_after(15):
@@ -175,7 +188,7 @@ async def test_a_stopped_campaign_ends_the_run_at_once(arx_env):
 
 
 async def test_a_failing_policy_does_not_take_the_process_down(arx_env, caplog):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         agent = Broken(specialist="broken", surface="optimizer", poll_s=0.1)
 
@@ -189,7 +202,7 @@ async def test_a_failing_policy_does_not_take_the_process_down(arx_env, caplog):
 
 
 async def test_an_unknown_surface_is_a_clear_error(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         agent = StepEpochs(specialist="s", surface="nonsense")
         with anyio.fail_after(15), pytest.raises(ValueError, match="no surface 'nonsense'"):
@@ -204,3 +217,70 @@ def test_bad_names_are_refused_before_connecting():
         StepEpochs(specialist="x" * 60, surface="optimizer")
     with pytest.raises(ValueError, match="max_in_flight"):
         StepEpochs(specialist="s", surface="optimizer", max_in_flight=0)
+
+
+class Verbose(Specialist):
+    """A policy whose hypothesis is longer than any event should carry."""
+
+    policy = "verbose"
+
+    async def propose(self, context: Context) -> Proposal:
+        return Proposal(hypothesis="x" * (MAX_HYPOTHESIS_BYTES + 1), diff="")
+
+
+def test_sizes_over_a_limit_are_named():
+    assert oversize("h" * MAX_HYPOTHESIS_BYTES, "d" * MAX_DIFF_BYTES) is None
+    assert oversize("é" * (MAX_HYPOTHESIS_BYTES // 2 + 1), "") == (
+        f"the hypothesis is {MAX_HYPOTHESIS_BYTES + 2} bytes, over its limit of {MAX_HYPOTHESIS_BYTES} bytes"
+    )
+    assert oversize("h", "d" * (MAX_DIFF_BYTES + 1)) == (
+        f"the diff is {MAX_DIFF_BYTES + 1} bytes, over its limit of {MAX_DIFF_BYTES} bytes"
+    )
+
+
+async def test_a_proposal_over_a_size_limit_is_not_published(arx_env, caplog):
+    async with await Bus.connect(role="admin") as bus:
+        await start_campaign(bus, "c1")
+        agent = Verbose(specialist="verbose", surface="optimizer", poll_s=0.1)
+
+        async def steps():
+            with anyio.fail_after(10):
+                while "not published" not in caplog.text:
+                    await anyio.sleep(0.05)
+
+        assert await run_until_stopped(agent, bus, "c1", steps) == "c1"
+        assert await trials_of(bus, "c1", "verbose") == []
+    refused = next(r.getMessage() for r in caplog.records if "not published" in r.getMessage())
+    assert refused == (f"verbose: proposal for c1 not published: the hypothesis is {MAX_HYPOTHESIS_BYTES + 1} bytes, "
+                       f"over its limit of {MAX_HYPOTHESIS_BYTES} bytes")
+
+
+def test_the_breaker_opens_after_harness_aborts_and_its_wait_doubles_up_to_the_ceiling():
+    aborts = ["harness_abort"] * 20
+    assert [breaker_wait(aborts[:n]) for n in range(BREAKER_TRIALS)] == [0.0] * BREAKER_TRIALS
+    waits = [breaker_wait(aborts[:n]) for n in range(BREAKER_TRIALS, 20)]
+    assert waits[:5] == [BREAKER_FIRST_S * 2**k for k in range(5)] == [2.0, 4.0, 8.0, 16.0, 32.0]
+    assert waits[5:] == [BREAKER_MAX_S] * 12  # 64 s would be next: it stays at the ceiling
+    # Newest first: any other outcome among the last three closes it again.
+    assert breaker_wait(["crash", *aborts]) == 0.0
+    assert breaker_wait(["harness_abort", "harness_abort", "keep", *aborts]) == 0.0
+
+
+async def test_the_loop_backs_off_after_harness_aborts_and_goes_on_after_another_outcome(arx_env, caplog):
+    async with await Bus.connect(role="admin") as bus:
+        await start_campaign(bus, "c1")
+        await score(bus, "c1", "baseline", 10.0)
+        for n in range(BREAKER_TRIALS):
+            await propose(bus, "c1", f"aborted-{n}", "baseline", "", specialist="stepper")
+            await abandon(bus, "c1", f"aborted-{n}")
+
+        async def steps():
+            began = time.monotonic()
+            rows = await wait_for_trials(bus, "c1", "stepper", BREAKER_TRIALS + 1)
+            assert time.monotonic() - began >= BREAKER_FIRST_S
+            await score(bus, "c1", rows[-1]["trial_id"], 11.0, "discard")
+            await wait_for_trials(bus, "c1", "stepper", BREAKER_TRIALS + 2)
+
+        await run_until_stopped(stepper(), bus, "c1", steps)
+    backed_off = [r.getMessage() for r in caplog.records if "backing off" in r.getMessage()]
+    assert backed_off == ["stepper: backing off 2s: last 3 trials ended in harness_abort"]

@@ -106,7 +106,7 @@ def test_bad_transform_declarations_are_clear_errors(tmp_path: Path, transform: 
 
 
 async def test_the_lineage_decides_the_next_variant_and_a_restart_carries_on(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1", max_trials=50)
         await score(bus, "c1", "baseline", 10.0)
 
@@ -140,7 +140,7 @@ async def test_the_lineage_decides_the_next_variant_and_a_restart_carries_on(arx
 
 
 async def test_the_running_agent_proposes_on_the_incumbent(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await score(bus, "c1", "baseline", 10.0)
 
@@ -160,7 +160,7 @@ async def test_the_running_agent_proposes_on_the_incumbent(arx_env):
 
 
 async def test_without_lineage_it_sees_only_the_incumbent_and_draws(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1", arm="no-lineage", max_trials=50)
         await score(bus, "c1", "baseline", 10.0)
         drawn = []

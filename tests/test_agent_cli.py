@@ -27,7 +27,7 @@ async def exit_status(proc: subprocess.Popen, timeout: float = 20.0) -> tuple[in
 
 
 async def test_proposes_and_exits_0_when_the_campaign_stops(arx_env, python):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await score(bus, "c1", "baseline", 10.0)
         proc = agent_process(arx_env, python, "--surface", "optimizer", "--seed", "3")
@@ -56,7 +56,7 @@ async def test_sigterm_while_waiting_for_a_campaign_exits_143(arx_env, python):
 
 
 async def test_an_unknown_surface_exits_1_with_the_reason(arx_env, python):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
     proc = agent_process(arx_env, python, "--surface", "nonsense", "--campaign", "c1")
     try:

@@ -77,7 +77,7 @@ async def two_kept_branches(bus: Bus, *, model_edit: bool = True) -> tuple[str, 
 
 
 async def test_merges_the_best_pair_into_the_better_trial_once(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         ours, theirs = await two_kept_branches(bus)
         proposal = await combiner().propose(await context_now(bus))
         assert proposal.parent_id == ours and proposal.rejection is None
@@ -100,7 +100,7 @@ async def test_merges_the_best_pair_into_the_better_trial_once(arx_env):
 
 
 async def test_a_conflict_is_an_invalid_edit_outcome_not_a_crash(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await two_kept_branches(bus, model_edit=False)
 
         async def steps():
@@ -122,7 +122,7 @@ async def test_a_conflict_is_an_invalid_edit_outcome_not_a_crash(arx_env):
 
 
 async def test_never_merges_a_trial_with_its_ancestor_or_one_specialist_with_itself(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await score(bus, "c1", "baseline", 10.0)
         lr = set_knob(TRAIN, "LR", 0.05)
@@ -140,7 +140,7 @@ async def test_never_merges_a_trial_with_its_ancestor_or_one_specialist_with_its
 
 
 async def test_without_lineage_there_is_nothing_to_merge(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c2", arm="no-lineage")
         await score(bus, "c2", "baseline", 10.0)
         lr = set_knob(TRAIN, "LR", 0.05)

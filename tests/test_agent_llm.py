@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -25,6 +26,7 @@ from agents.trees import bundle_files
 from bus.connection import Bus
 from evaluators.spec import Task
 from executors.edits import check_edit
+from executors.worker import run_executor
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,13 +68,29 @@ def agent(**kwargs) -> LLMSpecialist:
     return LLMSpecialist(specialist=SPECIALIST, surface="main", model=MODEL, poll_s=0.1, **kwargs)
 
 
-async def run_until_stopped(specialist: LLMSpecialist, bus: Bus, c: str, steps, timeout: float = 60) -> None:
-    """Run the agent beside the test's steps, then stop the campaign; the agent must return by itself."""
+async def run_until_stopped(
+    specialist: LLMSpecialist, bus: Bus, c: str, steps, timeout: float = 60, *, executor: bool = False
+) -> None:
+    """Run the agent beside the test's steps, then stop the campaign; the agent must return by itself.
+    With an executor, which writes the invalid_edit outcome of each proposal the agent itself rejects."""
+    stop = anyio.Event()
     with anyio.fail_after(timeout):
         async with anyio.create_task_group() as tg:
             tg.start_soon(specialist.run)
+            if executor:
+                tg.start_soon(partial(run_executor, bus, name="ex-1", stop=stop))
             await steps()
             await stop_campaign(bus, c)
+            stop.set()
+
+
+async def wait_for_label(bus: Bus, c: str, trial_id: str, timeout: float = 30.0) -> dict:
+    with anyio.fail_after(timeout):
+        while (row := (await folded(bus)).query(
+            "SELECT * FROM trials WHERE campaign_id = ? AND trial_id = ?", (c, trial_id)
+        )[0])["label"] is None:
+            await anyio.sleep(0.05)
+    return row
 
 
 async def tiny_campaign(bus: Bus, c: str = "c1", *, max_trials: int = 50, **kwargs) -> None:
@@ -87,7 +105,7 @@ def prompt(request: dict) -> str:
 async def test_a_good_answer_becomes_a_trial_with_its_diff_tokens_cost_and_shown_ids(llm, monkeypatch):
     monkeypatch.setenv("ARX_LLM_PRICES", json.dumps({MODEL: [2.0, 8.0]}))
     llm.push(completion(GOOD, tokens=(1000, 250)))
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus)
 
         async def steps():
@@ -116,7 +134,7 @@ async def test_a_good_answer_becomes_a_trial_with_its_diff_tokens_cost_and_shown
 
 async def test_the_prompt_carries_the_lineage_view_and_its_ids(llm):
     llm.push(completion(ON_T1))
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus)
         await other_trials(bus, "c1")
         expected = build_view(await folded(bus), "c1", SPECIALIST)
@@ -144,7 +162,7 @@ async def other_trials(bus: Bus, c: str) -> None:
 @pytest.mark.parametrize("how", ["flag", "campaign arm"])
 async def test_without_lineage_the_prompt_shows_only_the_incumbent(llm, how):
     llm.push(completion(ON_T1))
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus, arm="no-lineage" if how == "campaign arm" else "lineage")
         await other_trials(bus, "c1")
 
@@ -187,13 +205,15 @@ BAD_ANSWERS = [
 async def test_every_bad_answer_is_an_invalid_edit_with_its_reason_and_the_agent_carries_on(llm, monkeypatch):
     monkeypatch.setenv("ARX_LLM_REPAIR_ROUNDS", "0")
     llm.push(*[reply for _, reply, _ in BAD_ANSWERS], completion(GOOD))
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus)
 
         async def steps():
-            await wait_for_trials(bus, "c1", SPECIALIST, len(BAD_ANSWERS) + 1, timeout=60)
+            trials = await wait_for_trials(bus, "c1", SPECIALIST, len(BAD_ANSWERS) + 1, timeout=60)
+            for bad in trials[:-1]:
+                await wait_for_label(bus, "c1", bad["trial_id"])
 
-        await run_until_stopped(agent(), bus, "c1", steps, timeout=90)
+        await run_until_stopped(agent(), bus, "c1", steps, timeout=90, executor=True)
         rows = (await folded(bus)).query(
             "SELECT * FROM trials WHERE specialist = ? ORDER BY proposed_seq", (SPECIALIST,)
         )
@@ -212,7 +232,7 @@ async def test_every_bad_answer_is_an_invalid_edit_with_its_reason_and_the_agent
 async def test_a_failed_apply_is_fed_back_and_a_bounded_number_of_retries_ends_in_invalid_edit(llm):
     bad = edit(search="VALUE = 7.0")
     llm.push(completion(bad), completion(GOOD))  # repaired on the second answer
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus, max_trials=3)  # the baseline and two trials: then no more requests
 
         async def steps():
@@ -223,9 +243,10 @@ async def test_a_failed_apply_is_fed_back_and_a_bounded_number_of_retries_ends_i
             await score(bus, "c1", first["trial_id"], 6.0, "discard")
             second = (await wait_for_trials(bus, "c1", SPECIALIST, 2))[1]
             assert second["diff"] == ""
+            await wait_for_label(bus, "c1", second["trial_id"])
             assert await stays_at(bus, "c1", SPECIALIST, 2, seconds=0.3)
 
-        await run_until_stopped(agent(), bus, "c1", steps)
+        await run_until_stopped(agent(), bus, "c1", steps, executor=True)
         second = (await folded(bus)).query(
             "SELECT * FROM trials WHERE specialist = ? ORDER BY proposed_seq DESC LIMIT 1", (SPECIALIST,)
         )[0]
@@ -242,7 +263,7 @@ async def test_a_failed_apply_is_fed_back_and_a_bounded_number_of_retries_ends_i
 async def test_an_endpoint_without_structured_output_gets_json_in_the_text(llm):
     llm.push(error(400, "response_format json_schema is not supported"),
              completion(f"Here is my proposal:\n```json\n{GOOD}\n```\nGood luck."))
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus)
 
         async def steps():
@@ -268,7 +289,7 @@ async def test_timeouts_rate_limits_server_errors_and_garbage_are_retried_with_b
         slow, slow,  # a new proposal: the client times out twice
         completion(GOOD),  # attempt 2 gets through
     )
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus)
 
         async def steps():
@@ -288,7 +309,7 @@ async def test_the_cost_cap_stops_proposals(llm, monkeypatch, caplog):
     monkeypatch.setenv("ARX_LLM_PRICES", json.dumps({MODEL: [1.0, 1.0]}))
     monkeypatch.setenv("ARX_COST_CAP_USD", "0.001")
     llm.push(completion(GOOD, tokens=(1000, 200)), completion(GOOD))
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus)
 
         async def steps():
@@ -305,7 +326,7 @@ async def test_the_cost_cap_stops_proposals(llm, monkeypatch, caplog):
 async def test_arx_agent_runs_the_llm_policy_as_its_own_process(llm, arx_env, python):
     llm.push(completion(GOOD))
     env = {**arx_env, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key"}
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await tiny_campaign(bus)
         command = [python, "-m", "arx", "agent", "--policy", "llm", "--model", MODEL, "--specialist", "llm-cli",
                    "--surface", "main", "--no-lineage"]

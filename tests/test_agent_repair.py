@@ -38,7 +38,7 @@ async def outcome(bus: Bus, trial_id: str, label: str, score=None, **evidence) -
         event_id=f"c1-{trial_id}-outcome", campaign_id="c1", trial_id=trial_id, label=label, score=score,
         evidence=Evidence(stage="gates", **evidence),
     )
-    await bus.publish(event, first_writer=True)
+    await bus.publish(event)
 
 
 async def failed_child(bus: Bus, trial_id: str, edits: dict[str, dict[str, float]], label: str, **evidence) -> None:
@@ -67,7 +67,7 @@ async def tree_after(bus: Bus, proposal) -> dict[str, str]:
 
 @pytest.fixture
 async def campaign(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1", max_trials=50)
         await outcome(bus, "baseline", "keep", 10.0)
         yield bus
@@ -153,14 +153,14 @@ async def failed_child_of(bus: Bus, parent_id: str, trial_id: str) -> None:
 
 
 async def test_a_surface_repairs_only_with_its_own_knobs_and_no_lineage_sees_no_failures(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await outcome(bus, "baseline", "keep", 10.0)
         await failed_child(bus, "big", {"model.py": {"HIDDEN": 512}}, "size_blocked", gate="size_mb",
                            measured=10.0, limit=4.0)
         assert await proposal_now(bus, repair("optimizer")) is None  # HIDDEN is the architecture's
         assert (await proposal_now(bus, repair("architecture"))).parent_id == "big"
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c9", arm="no-lineage")
         lineage = await folded(bus)
         agent = repair()

@@ -76,7 +76,7 @@ async def seed_lineage(bus: Bus, *, baseline_params: bool = True) -> dict[str, s
 
 
 async def test_study_is_the_lineage_and_proposals_are_deterministic(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         expected = await seed_lineage(bus, baseline_params=False)
         agent = tpe(seed=7)
         context = await context_now(bus, agent)
@@ -112,7 +112,7 @@ async def test_study_is_the_lineage_and_proposals_are_deterministic(arx_env):
 
 
 async def test_a_growing_lineage_moves_only_surface_knobs_within_bounds(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1", max_trials=100)
         await score(bus, "c1", "baseline", 10.0)
         agent = tpe(seed=1, surface="architecture")
@@ -143,7 +143,7 @@ async def test_a_growing_lineage_moves_only_surface_knobs_within_bounds(arx_env)
 
 
 async def test_the_running_agent_proposes_again_after_each_outcome(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await score(bus, "c1", "baseline", 10.0)
 

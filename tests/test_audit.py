@@ -104,7 +104,7 @@ def test_audit_is_byte_identical_across_replays(arx_env, tmp_path):
     on = tsv_events(SEED_RUNS / "pg_ablation_lineage_on" / "results.tsv", "on").events
 
     async def load():
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             await publish_events(bus, on)
             await publish_events(bus, off)
             await export_campaign(bus, "off", tmp_path / "off.jsonl")

@@ -87,7 +87,7 @@ def crash_log(tmp_path: Path) -> str:
 
 async def test_trials_are_scored_once_and_the_campaign_stops_at_max_trials(arx_env, tmp_path, capsys):
     good, bad = artifact_bytes(tmp_path), artifact_bytes(tmp_path, trained=False)
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, TASK, "c1", max_trials=4)
         outcomes = Outcomes()
         await outcomes.subscribe(bus, "c1")
@@ -115,7 +115,7 @@ async def test_trials_are_scored_once_and_the_campaign_stops_at_max_trials(arx_e
             if "artifact" in fields:
                 latencies.append(arrived - sent)
             if trial == "t1":
-                assert outcome.event_id == "t1-outcome" and outcome.score == 10.0
+                assert outcome.event_id == "arx.ev.c1.trial.t1.outcome" and outcome.score == 10.0
                 assert outcome.metrics["accuracy"] > 0.96 and outcome.incumbent_id is None
                 assert {g.gate: g.passed for g in outcome.gates} == {
                     "train_s": True, "eval_s": True, "accuracy": True, "seeds": True}
@@ -154,7 +154,7 @@ async def test_outcomes_of_others_count_and_bad_messages_do_not_stop_the_evaluat
     artifact = tmp_path / "artifact"
     artifact.mkdir()
     (artifact / "value.txt").write_text("3.5\n")
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, tiny, "c2", max_trials=3)
         outcomes = Outcomes()
         await outcomes.subscribe(bus, "c2")
@@ -162,7 +162,7 @@ async def test_outcomes_of_others_count_and_bad_messages_do_not_stop_the_evaluat
         stop = asyncio.Event()
         evaluator = asyncio.create_task(run_evaluator(bus, name="evaluator-test", stop=stop))
 
-        await bus.js.publish("arx.ev.c2.trial.junk.finished", b"not an event")
+        await bus.js.publish("arx.ev.c2.trial.junk.finished.1", b"not an event")
         await bus.publish(finished("ghost", "g1"))  # a campaign that never started
         _, abandoned = await outcomes.next()
         assert isinstance(abandoned, TrialAbandoned) and abandoned.label == "harness_abort"
@@ -191,7 +191,7 @@ async def test_outcomes_of_others_count_and_bad_messages_do_not_stop_the_evaluat
 
 async def test_a_campaign_whose_last_trial_was_rejected_by_another_role_still_stops(arx_env, monkeypatch):
     monkeypatch.setenv("ARX_TASKS_PATH", str(TESTS / "tasks"))
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, load_task("tiny"), "c3", max_trials=1)
         outcomes = Outcomes()
         await outcomes.subscribe(bus, "c3")
@@ -215,7 +215,7 @@ def test_arx_evaluator_runs_until_sigterm(arx_env, tmp_path):
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + WAIT_S
-        while "evaluating arx.ev.*.trial.*.finished" not in log.read_text():
+        while "evaluating arx.ev.*.trial.*.finished.*" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         assert f"evaluator-{socket.gethostname()}-{proc.pid}" in log.read_text()  # the default name

@@ -85,13 +85,13 @@ async def settled(bus: Bus, queue: str) -> None:
 
 @pytest.mark.anyio
 async def test_a_cpu_executor_never_takes_a_cuda_trial_and_a_cuda_executor_takes_only_those(arx_env, tasks):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, tasks["cpu-task"], campaign_id="cpu", trials=3)
         await start_campaign(bus, tasks["gpu-task"], campaign_id="gpu", trials=3)
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(run_executor, bus, name="cpu-ex", stop=stop))
-            cpu_run = await wait_event(bus, "arx.ev.cpu.trial.baseline.finished")
+            cpu_run = await wait_event(bus, "arx.ev.cpu.trial.baseline.finished.*")
             await settled(bus, queue_name(CPU))
             stop.set()
         assert await bus.last_event("arx.ev.gpu.trial.baseline.started") is None  # passed on, not taken
@@ -100,7 +100,7 @@ async def test_a_cpu_executor_never_takes_a_cuda_trial_and_a_cuda_executor_takes
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(run_executor, bus, name="gpu-ex", stop=stop, devices=Devices(CUDA, ("2", "3"))))
-            gpu_run = await wait_event(bus, "arx.ev.gpu.trial.baseline.finished")
+            gpu_run = await wait_event(bus, "arx.ev.gpu.trial.baseline.finished.*")
             await settled(bus, queue_name(CUDA))
             stop.set()
         started = await bus.last_event("arx.ev.gpu.trial.baseline.started")

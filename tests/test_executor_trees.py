@@ -111,7 +111,7 @@ def test_a_diff_that_does_not_apply_is_an_invalid_edit(tmp_path, bundle):
 
 @pytest.mark.anyio
 async def test_materialize_builds_missing_ancestors_from_the_log(arx_env, tmp_path, bundle):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         ref = await bus.put_object("bundles/test.tar.gz", bundle)
         started = CampaignStarted(
             event_id="c1-started", campaign_id="c1", task="t", metric="m", direction="min", max_trials=3, bundle=ref
@@ -195,3 +195,11 @@ def test_any_surface_still_respects_frozen_paths():
 def test_text_without_any_file_is_rejected():
     problems = check_edit("please make it faster\n", SURFACE, FROZEN)
     assert [p.reason for p in problems] == ["the diff names no files"]
+
+
+def test_a_hypothesis_of_megabytes_is_committed_whole(tmp_path, bundle):
+    # Given to git as `-m`, this message failed with "Argument list too long".
+    hypothesis = "a long story\n" + "x" * (7 << 20)
+    repo = CampaignRepo(tmp_path / "c1")
+    sha = repo.add_trial(proposal("baseline", None, hypothesis=hypothesis), bundle=bundle)
+    assert repo.repo.commit(sha).message == f"baseline: a long story\n\n{hypothesis}\n"

@@ -18,8 +18,10 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
+from agents.base import MAX_HYPOTHESIS_BYTES
 from bus.connection import Bus
 from bus.events import CampaignStarted, CampaignStopped, TrialProposed
 from evaluators.spec import Task, load_task
@@ -132,7 +134,7 @@ async def artifact_files(bus: Bus, ref) -> dict[str, str]:
 
 @pytest.mark.anyio
 async def test_trials_run_and_report_what_was_measured(arx_env, tiny_task):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await open_campaign(bus, tiny_task, "c1")
         await bus.publish(proposal("c1", "t-step", edit("STEP = 1", "STEP = 2")))
         await bus.publish(proposal("c1", "t-hang", edit("SLEEP = 0.0", "SLEEP = 60.0")))
@@ -143,9 +145,9 @@ async def test_trials_run_and_report_what_was_measured(arx_env, tiny_task):
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(run_executor, bus, name="ex-1", stop=stop))
-            base = await wait_event(bus, "c1", "baseline", "finished")
-            step = await wait_event(bus, "c1", "t-step", "finished")
-            hang = await wait_event(bus, "c1", "t-hang", "finished")
+            base = await wait_event(bus, "c1", "baseline", "finished.*")
+            step = await wait_event(bus, "c1", "t-step", "finished.*")
+            hang = await wait_event(bus, "c1", "t-hang", "finished.*")
             rejected = {t: await wait_event(bus, "c1", t, "outcome") for t in ("t-frozen", "t-stale", "t-surface")}
             started = await wait_event(bus, "c1", "baseline", "started")
             stop.set()
@@ -179,7 +181,7 @@ async def test_trials_run_and_report_what_was_measured(arx_env, tiny_task):
 @pytest.mark.anyio
 async def test_bad_messages_stopped_campaigns_and_exhausted_attempts(arx_env, tiny_task, monkeypatch):
     monkeypatch.setenv("ARX_MAX_ATTEMPTS", "1")
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await open_campaign(bus, tiny_task, "c1")
         await bus.js.publish("arx.ev.c1.trial.junk.proposed", b"not json")
         await bus.js.publish("arx.ev.c1.trial.new.proposed", b'{"type": "TrialFromTheFuture"}')
@@ -197,7 +199,7 @@ async def test_bad_messages_stopped_campaigns_and_exhausted_attempts(arx_env, ti
             tg.start_soon(partial(run_executor, bus, name="ex-1", stop=stop))
             gave_up = await wait_event(bus, "c1", "baseline", "outcome")
             stopped = await wait_event(bus, "c2", "baseline", "outcome")
-            finished = await wait_event(bus, "c3", "baseline", "finished")
+            finished = await wait_event(bus, "c3", "baseline", "finished.*")
             stop.set()
 
         assert (type(gave_up).__name__, gave_up.label) == ("TrialAbandoned", "harness_abort")
@@ -218,7 +220,7 @@ async def test_bad_messages_stopped_campaigns_and_exhausted_attempts(arx_env, ti
 async def test_long_trials_keep_their_delivery_and_never_overlap_on_one_host(arx_env, tiny_task, monkeypatch):
     # ack_wait 1 s is shorter than each trial: only the heartbeat keeps NATS from redelivering it.
     monkeypatch.setenv("ARX_ACK_WAIT_S", "1")
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await open_campaign(bus, tiny_task, "c1")
         for trial in ("t-a", "t-b"):
             await bus.publish(proposal("c1", trial, edit("SLEEP = 0.0", "SLEEP = 1.5")))
@@ -226,11 +228,11 @@ async def test_long_trials_keep_their_delivery_and_never_overlap_on_one_host(arx
         async with anyio.create_task_group() as tg:
             for name in ("ex-1", "ex-2"):
                 tg.start_soon(partial(run_executor, bus, name=name, stop=stop))
-            finished = [await wait_event(bus, "c1", t, "finished") for t in ("baseline", "t-a", "t-b")]
+            finished = [await wait_event(bus, "c1", t, "finished.*") for t in ("baseline", "t-a", "t-b")]
             stop.set()
 
         for event in finished:
-            started = await bus.last_event(f"arx.ev.c1.trial.{event.trial_id}.started")
+            started = await bus.last_event(f"arx.ev.c1.trial.{event.trial_id}.started.*")
             assert (started.attempt, event.attempt) == (1, 1), event.trial_id
         assert {e.executor for e in finished[1:]} == {"ex-1", "ex-2"}
         spans = []
@@ -248,9 +250,9 @@ async def test_the_executor_process_runs_trials_and_stops_cleanly_on_sigterm(arx
     with open(tmp_path / "executor.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             await open_campaign(bus, tiny_task, "c1")
-            finished = await wait_event(bus, "c1", "baseline", "finished")
+            finished = await wait_event(bus, "c1", "baseline", "finished.*")
         assert (finished.executor, finished.exit_code) == ("proc-ex", 0)
         proc.send_signal(signal.SIGTERM)
         assert await anyio.to_thread.run_sync(partial(proc.wait, timeout=15)) == 0
@@ -259,3 +261,60 @@ async def test_the_executor_process_runs_trials_and_stops_cleanly_on_sigterm(arx
             proc.kill()
             proc.wait()
     assert "Traceback" not in (tmp_path / "executor.log").read_text()
+
+
+@pytest.mark.anyio
+async def test_a_proposal_over_a_size_limit_is_an_invalid_edit(arx_env, tiny_task):
+    # A client other than our agents, which refuse to publish such a proposal.
+    long = msgspec.structs.replace(proposal("c1", "t-long", edit("STEP = 1", "STEP = 2")),
+                                   hypothesis="x" * (MAX_HYPOTHESIS_BYTES + 1))
+    async with await Bus.connect(role="admin") as bus:
+        await open_campaign(bus, tiny_task, "c1")
+        await bus.publish(long)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(run_executor, bus, name="ex-1", stop=stop))
+            outcome = await wait_event(bus, "c1", "t-long", "outcome")
+            stop.set()
+    assert (type(outcome).__name__, outcome.label, outcome.evidence.stage) == ("TrialRejected", "invalid_edit", "apply")
+    assert outcome.evidence.message == (
+        f"the hypothesis is {MAX_HYPOTHESIS_BYTES + 1} bytes, over its limit of {MAX_HYPOTHESIS_BYTES} bytes"
+    )
+
+
+FILL_THE_DISK = """print("filling the disk", flush=True)
+for n in range(100):
+    Path(f"fill-{n}").write_bytes(b"x" * 262144)"""
+
+
+def fill(disk: Path) -> None:
+    """Write into disk until it is full, as another tenant of the host would."""
+    with open(disk / "ballast", "wb", buffering=0) as out:
+        while True:
+            try:
+                out.write(b"x" * 65536)
+            except OSError:
+                return
+
+
+@pytest.mark.anyio
+async def test_a_full_host_disk_is_a_harness_abort_with_the_hosts_reason(arx_env, tiny_task, small_disk):
+    (Path(arx_env["ARX_HOME"]) / "runs").symlink_to(small_disk)  # run dirs and logs live on a 2 MiB disk
+    async with await Bus.connect(role="admin") as bus:
+        await open_campaign(bus, tiny_task, "c1")
+        await bus.publish(proposal("c1", "t-fill", edit('print("trained", value)', FILL_THE_DISK)))
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(run_executor, bus, name="ex-1", stop=stop))
+            filled = await wait_event(bus, "c1", "t-fill", "outcome")
+            fill(small_disk)  # now the executor cannot even write the next trial's run dir
+            await bus.publish(proposal("c1", "t-after", edit("STEP = 1", "STEP = 2")))
+            after = await wait_event(bus, "c1", "t-after", "outcome")
+            stop.set()
+
+    for outcome in (filled, after):
+        assert (type(outcome).__name__, outcome.label, outcome.evidence.stage) == (
+            "TrialAbandoned", "harness_abort", "execute")
+    assert filled.evidence.message.startswith(f"host fault: the disk under {small_disk.resolve()}/c1/t-fill-1 is full")
+    assert filled.evidence.message.endswith("the run failed with No space left on device")
+    assert after.evidence.message.startswith("host fault (ENOSPC) in the executor: [Errno 28] No space left on device")

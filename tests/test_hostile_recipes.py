@@ -507,12 +507,12 @@ def test_hostile_trials_through_the_executor_and_evaluator_are_contained_and_lab
         }
 
         async def play():
-            async with await Bus.connect() as bus:
+            async with await Bus.connect(role="admin") as bus:
                 baseline = await last(bus, "arx.ev.h.trial.baseline.outcome")
                 for trial_id, code in hostile.items():  # in order: the executor takes them one at a time
                     await bus.publish(trial("h", trial_id, code))
                 outcomes = {t: await last(bus, f"arx.ev.h.trial.{t}.outcome") for t in hostile}
-                finished = {t: await last(bus, f"arx.ev.h.trial.{t}.finished") for t in hostile}
+                finished = {t: await last(bus, f"arx.ev.h.trial.{t}.finished.*") for t in hostile}
                 return baseline, outcomes, finished
 
         baseline, outcomes, finished = asyncio.run(play())
@@ -532,3 +532,30 @@ def test_hostile_trials_through_the_executor_and_evaluator_are_contained_and_lab
         assert (home / "repos" / "h" / "HEAD").exists() and cluster.failed() == []
     finally:
         cluster.stop_all()
+
+
+FILL_THE_DISK = """\
+from pathlib import Path
+
+print("filling the disk", flush=True)
+for n in range(1000):
+    Path(f"fill-{n}").write_bytes(b"x" * (1024 * 1024))
+"""
+
+
+def test_a_run_that_fills_a_small_host_disk_under_its_budget_is_the_hosts_fault(small_disk):
+    # 2 MiB of disk under a disk_mb budget of 64: the host had less room than it promised.
+    result = run(small_disk, FILL_THE_DISK)
+    assert result.exit_code == 1 and result.killed_by is None
+    assert "OSError: [Errno 28] No space left on device" in result.log.read_text()
+    run_dir = small_disk / "runs" / "trial"
+    assert result.host_fault.startswith(f"host fault: the disk under {run_dir} is full (")
+    assert result.host_fault.endswith("MB free): the run failed with No space left on device")
+
+
+def test_a_recipe_that_raises_enospc_on_a_roomy_disk_is_its_own_crash(tmp_path):
+    result = run(tmp_path, "import errno, os\nraise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n")
+    assert result.exit_code == 1 and result.host_fault is None
+    judged = verdict(result)
+    assert (judged.label, judged.evidence.stage) == ("crash", "train")
+    assert judged.evidence.message == "OSError: [Errno 28] No space left on device"

@@ -65,7 +65,7 @@ def test_crash_hang_and_bad_edits_get_their_labels(cluster):
     }
 
     async def run():
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             for trial_id, diff in trials.items():
                 await bus.publish(proposal("bad", trial_id, diff))
             outcomes = {t: await outcome(bus, "bad", t) for t in ["baseline", *trials]}
@@ -96,7 +96,7 @@ def test_killed_executor_loses_its_trial_to_another_and_it_is_scored_once(cluste
     assert cluster.arx("campaign", "start", "--task", "tiny", "--trials", "3", "--campaign", "kill").returncode == 0
 
     async def run():
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             await outcome(bus, "kill", "baseline")
             await bus.publish(proposal("kill", "slow", edit("SLEEP = 0.0", "SLEEP = 2.5")))
             while (await bus.last_event("arx.ev.kill.trial.slow.started")) is None:

@@ -115,7 +115,7 @@ async def test_close_wins_are_confirmed_by_interleaved_reruns(arx_env, tmp_path,
     write_task(tmp_path / "tasks", "tiny-noisy", noise=0.1)
     use_tasks(monkeypatch, tmp_path / "tasks")
     task = load_task("tiny-noisy")
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, task, campaign_id="c1", trials=10)
         evaluator_stop = asyncio.Event()
         evaluator = asyncio.create_task(run_evaluator(bus, name="ev", stop=evaluator_stop))
@@ -187,14 +187,14 @@ def test_two_executors_on_one_host_never_overlap_timed_trials_and_pin_them(arx_e
     trials = ["t1", "t2", "t3"]
 
     async def publish() -> None:
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             await start_campaign(bus, load_task("tiny-timed"), campaign_id="c1", trials=10)
             for trial in trials:
                 await bus.publish(proposal("c1", trial, edit("SLEEP = 0.0", "SLEEP = 0.4")))
 
     async def finished() -> list[TrialFinished]:
-        async with await Bus.connect() as bus:
-            return [await wait_event(bus, "c1", "trial", t, "finished") for t in ["baseline", *trials]]
+        async with await Bus.connect(role="admin") as bus:
+            return [await wait_event(bus, "c1", "trial", t, "finished.*") for t in ["baseline", *trials]]
 
     asyncio.run(publish())
     try:

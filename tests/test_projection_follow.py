@@ -14,7 +14,7 @@ def test_a_live_lineage_reads_on_after_losing_its_consumer(arx_env):
     half = len(events) // 2
 
     async def scenario() -> None:
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             live = LiveLineage(bus)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(live.run)

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 from cluster import Cluster
 from projection_events import campaign_events, dump, publish_all
@@ -79,7 +80,7 @@ def test_a_projector_killed_mid_stream_ends_equal_to_a_replay(arx_env, tmp_path)
     events = campaign_events(C, trials=600)
 
     async def scenario() -> None:
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             cluster.start("projector", "projector", "--db", str(db))
             await wait_for(cluster, lambda: checkpoint(db) >= 0, "projector start")
             publishing = asyncio.create_task(publish_slowly(bus, events))
@@ -102,7 +103,7 @@ def test_replay_swaps_the_file_under_a_running_projector(arx_env, tmp_path):
     half = len(events) // 2
 
     async def scenario() -> None:
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             await publish_all(bus, events[:half])
             cluster.start("projector", "projector", "--db", str(db))
             await wait_for(cluster, lambda: checkpoint(db) == half, "projection of the first half")
@@ -130,7 +131,7 @@ def test_the_projector_goes_on_after_nats_server_is_killed(arx_env, nats_server,
     third = len(events) // 3
 
     async def scenario() -> None:
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             cluster.start("projector", "projector", "--db", str(db))
             await publish_all(bus, events[:third])
             await wait_for(cluster, lambda: checkpoint(db) == third, "projection before the kill")
@@ -156,7 +157,7 @@ def test_the_projector_outlives_a_reader_that_locks_the_file(arx_env, tmp_path):
     events = campaign_events(C, trials=30)
 
     async def scenario() -> None:
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             cluster.start("projector", "projector", "--db", str(db))
             await wait_for(cluster, lambda: checkpoint(db) >= 0, "projector start")
             reader = sqlite3.connect(db, isolation_level=None)
@@ -170,3 +171,14 @@ def test_the_projector_outlives_a_reader_that_locks_the_file(arx_env, tmp_path):
     run_then_stop_the_projector(cluster, scenario)
     assert "OperationalError: database is locked; reading again from the checkpoint" in cluster.log("projector")
     assert_equals_a_replay(cluster, db, tmp_path, len(events))
+
+
+def test_a_corrupt_lineage_db_is_one_line_that_says_how_to_rebuild_it(arx_env, tmp_path):
+    db = Path(arx_env["ARX_HOME"]) / "lineage.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.write_bytes(b"\x00garbage, not SQLite\xff" * 1000)
+    done = Cluster(arx_env, tmp_path / "logs").arx("projector", timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"arx projector: {db} is corrupt (file is not a database): `arx replay` rebuilds it from the log\n"
+    )

@@ -20,7 +20,7 @@ def test_a_replay_from_an_exported_file_equals_a_replay_from_the_stream(arx_env,
     exported = tmp_path / "c1.jsonl"
 
     async def prepare():
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             await publish_all(bus, events)
             await export_campaign(bus, C, exported)
 
@@ -34,7 +34,9 @@ def test_a_replay_from_an_exported_file_equals_a_replay_from_the_stream(arx_env,
     assert f"{len(events)} applied, 0 skipped" in from_stream.stdout
     assert f"replayed {len(events) + 1} events up to seq {len(events) + 1}" in from_file.stdout
     assert f"{len(events)} applied, 1 skipped" in from_file.stdout
-    rows = [line for line in dump(tmp_path / "file.db") if "projection_state" not in line]
+    cut_short = f'INSERT INTO "skipped_events" VALUES({len(events) + 1},'
+    # Apart from where each read ended and the line cut short, the two files hold the same rows.
+    rows = [line for line in dump(tmp_path / "file.db") if "projection_state" not in line and cut_short not in line]
     assert rows == [line for line in dump(tmp_path / "stream.db") if "projection_state" not in line]
 
 

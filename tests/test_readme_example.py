@@ -25,7 +25,7 @@ def test_readme_specialist_proposes_on_the_incumbent(arx_env, tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         async def first_proposal():
-            async with await Bus.connect() as bus:
+            async with await Bus.connect(role="admin") as bus:
                 for _ in range(240):
                     async for batch in bus.read(subject="arx.ev.doc.trial.*.proposed"):
                         for msg in batch:

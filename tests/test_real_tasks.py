@@ -158,7 +158,7 @@ def test_airbench_without_a_finished_run_is_a_crash():
 
 @pytest.mark.anyio
 async def test_the_evaluator_reads_the_log_the_executor_stored(arx_env):
-    async with await Bus.connect() as bus:
+    async with await Bus.connect(role="admin") as bus:
         ref = await bus.put_object("logs/c/t-1.log", GOLF_LOG.encode())
         stored = TrialFinished(event_id="e", campaign_id="c", trial_id="t", executor="x", exit_code=0, log=ref)
         evaluation = await evaluate_log(bus, GOLF, stored)

@@ -23,7 +23,7 @@ def cluster(arx_env, tmp_path):
 
 def publish(*events) -> None:
     async def run() -> None:
-        async with await Bus.connect() as bus:
+        async with await Bus.connect(role="admin") as bus:
             await publish_all(bus, list(events))
 
     asyncio.run(run())
