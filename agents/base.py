@@ -7,6 +7,7 @@ the campaign bundle, so an agent that restarts carries on where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -35,6 +36,7 @@ FOLD_TIMEOUT_S = 30.0
 # bigger one is refused by the agent that made it, and by the executor from a client that did not.
 MAX_HYPOTHESIS_BYTES = 64 * 1024
 MAX_DIFF_BYTES = 4 * 1024 * 1024
+HYPOTHESIS_KEPT_CHARS = 1000  # of an oversize proposal's hypothesis, kept in its rejected trial
 # The circuit breaker: when this specialist's last BREAKER_TRIALS outcomes were all harness_abort, the
 # hosts are failing its trials, and proposing more only feeds them; it waits BREAKER_FIRST_S, twice
 # as long for every further harness_abort in a row, at most BREAKER_MAX_S.
@@ -305,8 +307,9 @@ class Specialist:
         if proposal is None or views.campaign(lineage, c)["stopped_at"] is not None:
             return None
         if (too_big := oversize(proposal.hypothesis, proposal.diff)) is not None:
-            log.warning("%s: proposal for %s not published: %s", self.specialist, c, too_big)
-            return None
+            # Proposed without its texts and rejected: the attempt counts, so a policy cannot loop on it.
+            proposal = dataclasses.replace(proposal, hypothesis=proposal.hypothesis[:HYPOTHESIS_KEPT_CHARS], diff="",
+                                           rejection=too_big)
         trial_id = self._next_trial_id(lineage, c)
         await bus.publish(self._event(c, trial_id, proposal.parent_id or context.parent_id, proposal))
         if proposal.rejection is not None:  # an executor writes its invalid_edit outcome: agents write none

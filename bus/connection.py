@@ -58,8 +58,9 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             if match := _REFUSED.search(str(exc)):
                 refused.add(match.group(1))
-            elif not first_error.done():
-                first_error.set_result(exc)
+            elif not connecting.done():  # the first one is the reason connecting fails; the rest follow from it
+                if not first_error.done():
+                    first_error.set_result(exc)
             else:
                 log.warning("nats: %s", exc)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
+
 import anyio
 
 from agents.edits import knob_values
@@ -9,10 +12,26 @@ from agents.trees import bundle_files
 from bus.connection import Bus
 from bus.events import CampaignStarted, CampaignStopped, TrialAbandoned, TrialProposed, TrialScored
 from evaluators.spec import Task, load_task
+from executors.worker import run_executor
 from projections.follow import catch_up
 from projections.lineage import Lineage
 
 TASK = load_task("digits-speedrun")
+
+
+@contextlib.asynccontextmanager
+async def executor_beside(bus: Bus):
+    """An executor for the duration: it writes the invalid_edit outcome of each proposal that an agent
+    rejected itself (agents write no outcomes)."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(run_executor, bus, name="ex-1", stop=stop))
+        try:
+            yield
+        finally:
+            stop.set()
+
+
 BASELINE_FILES = bundle_files(TASK.bundle())
 BASELINE_PARAMS = knob_values(BASELINE_FILES, TASK.spec.knobs)
 

@@ -8,6 +8,7 @@ import json
 import anyio
 import pytest
 from agent_helpers import (
+    executor_beside,
     BASELINE_FILES,
     TASK,
     folded,
@@ -115,7 +116,7 @@ async def test_a_conflict_is_an_invalid_edit_outcome_not_a_crash(arx_env):
             assert await stays_at(bus, "c1", "combiner", 1)
 
         with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
+            async with executor_beside(bus), anyio.create_task_group() as tg:
                 tg.start_soon(combiner().run)
                 await steps()
                 await stop_campaign(bus, "c1")

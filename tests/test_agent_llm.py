@@ -5,16 +5,16 @@ with its reason, endpoint failures never stop the agent, and the cost cap stops 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import subprocess
-from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
-from agent_helpers import folded, propose, score, start_campaign, stays_at, stop_campaign, wait_for_trials
+from agent_helpers import executor_beside, folded, propose, score, start_campaign, stays_at, stop_campaign, wait_for_trials
 from openai_server import Reply, ScriptedServer, completion, error, raw
 
 from agents.cli import build_specialist
@@ -26,7 +26,6 @@ from agents.trees import bundle_files
 from bus.connection import Bus
 from evaluators.spec import Task
 from executors.edits import check_edit
-from executors.worker import run_executor
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,15 +72,12 @@ async def run_until_stopped(
 ) -> None:
     """Run the agent beside the test's steps, then stop the campaign; the agent must return by itself.
     With an executor, which writes the invalid_edit outcome of each proposal the agent itself rejects."""
-    stop = anyio.Event()
     with anyio.fail_after(timeout):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(specialist.run)
-            if executor:
-                tg.start_soon(partial(run_executor, bus, name="ex-1", stop=stop))
-            await steps()
-            await stop_campaign(bus, c)
-            stop.set()
+        async with executor_beside(bus) if executor else contextlib.nullcontext():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(specialist.run)
+                await steps()
+                await stop_campaign(bus, c)
 
 
 async def wait_for_label(bus: Bus, c: str, trial_id: str, timeout: float = 30.0) -> dict:

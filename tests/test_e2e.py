@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -52,12 +53,18 @@ def test_up_script_runs_a_campaign_and_down_stops_exactly_what_it_started(tmp_pa
         assert status.returncode == 0, status.stderr
         assert '"trials_scored": 2' in status.stdout
 
+        # The second time: the same processes, a second campaign on the same stream, which must finish too.
         again = subprocess.run(
-            [str(ROOT / "scripts/up.sh"), "--detach", "--trials", "2"],
-            env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+            [str(ROOT / "scripts/up.sh"), "--trials", "3", "--wait"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
         )
-        assert again.returncode == 0, again.stderr
-        assert "reusing projector" in again.stdout
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "reusing projector" in again.stdout and "started campaign" in again.stdout
+        second = json.loads(subprocess.run(
+            [str(ROOT / ".venv/bin/arx"), "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+        ).stdout)
+        assert second["stopped"] and second["trials_scored"] == 3 and second["in_flight"] == 0
+        assert second["baseline_score"] is not None and second["skipped_events"] == {}
 
         down = subprocess.run([str(ROOT / "scripts/down.sh")], env=env, capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stderr

@@ -129,7 +129,7 @@ async def test_trials_are_scored_once_and_the_campaign_stops_at_max_trials(arx_e
 
         _, stopped = await outcomes.next()
         assert isinstance(stopped, CampaignStopped)
-        assert (stopped.event_id, stopped.reason, stopped.trials) == ("c1-stopped", "max_trials reached", 4)
+        assert (stopped.event_id, stopped.reason, stopped.trials) == ("arx.ev.c1.campaign.c1.stopped", "max_trials reached", 4)
 
         # A second delivery of a finished trial (an executor's retry) gets no second outcome.
         await bus.publish(finished("c1", "t1", event_id="t1-finished-again", attempt=2, artifact=good_ref))

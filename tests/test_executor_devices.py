@@ -94,7 +94,7 @@ async def test_a_cpu_executor_never_takes_a_cuda_trial_and_a_cuda_executor_takes
             cpu_run = await wait_event(bus, "arx.ev.cpu.trial.baseline.finished.*")
             await settled(bus, queue_name(CPU))
             stop.set()
-        assert await bus.last_event("arx.ev.gpu.trial.baseline.started") is None  # passed on, not taken
+        assert await bus.last_event("arx.ev.gpu.trial.baseline.started.*") is None  # passed on, not taken
         assert await seen(bus, cpu_run) == "None 0"
 
         stop = anyio.Event()
@@ -103,12 +103,12 @@ async def test_a_cpu_executor_never_takes_a_cuda_trial_and_a_cuda_executor_takes
             gpu_run = await wait_event(bus, "arx.ev.gpu.trial.baseline.finished.*")
             await settled(bus, queue_name(CUDA))
             stop.set()
-        started = await bus.last_event("arx.ev.gpu.trial.baseline.started")
+        started = await bus.last_event("arx.ev.gpu.trial.baseline.started.*")
         assert (started.executor, started.devices) == ("gpu-ex", ["cuda:2", "cuda:3"])
         assert await seen(bus, gpu_run) == "2,3 2"  # only its own GPUs, and {devices} is their count
         assert gpu_run.limits["memory_mb"] == 0 and gpu_run.exit_code == 0
         # The cuda executor passed the cpu trial on: it ran once, on the cpu executor.
-        assert (await bus.last_event("arx.ev.cpu.trial.baseline.started")).executor == "cpu-ex"
+        assert (await bus.last_event("arx.ev.cpu.trial.baseline.started.*")).executor == "cpu-ex"
         queues = {info.name for info in await bus.js.consumers_info(bus.settings.stream)}
         assert {"executors", "executors-cuda"} <= queues  # one queue per device class
 

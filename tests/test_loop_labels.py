@@ -99,12 +99,12 @@ def test_killed_executor_loses_its_trial_to_another_and_it_is_scored_once(cluste
         async with await Bus.connect(role="admin") as bus:
             await outcome(bus, "kill", "baseline")
             await bus.publish(proposal("kill", "slow", edit("SLEEP = 0.0", "SLEEP = 2.5")))
-            while (await bus.last_event("arx.ev.kill.trial.slow.started")) is None:
+            while (await bus.last_event("arx.ev.kill.trial.slow.started.*")) is None:
                 await asyncio.sleep(0.05)
             cluster.kill("executor-a")  # SIGKILL mid-trial: its message stays unacked
             cluster.start("executor-b", "executor", "--name", "executor-b")
             scored = await outcome(bus, "kill", "slow", timeout=60)
-            starts = [decode(m.data) async for batch in bus.read(subject="arx.ev.kill.trial.slow.started") for m in batch]
+            starts = [decode(m.data) async for batch in bus.read(subject="arx.ev.kill.trial.slow.started.*") for m in batch]
             return scored, starts, await count(bus, "arx.ev.kill.trial.slow.outcome")
 
     scored, starts, outcomes = asyncio.run(run())

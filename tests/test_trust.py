@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
+from cluster import Cluster
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError
@@ -154,3 +156,48 @@ def test_every_role_has_a_private_seed_file(nats_server, arx_env):
     assert sorted(p.stem for p in folder.iterdir()) == sorted(ROLES)
     assert folder.stat().st_mode & 0o777 == 0o700
     assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o600}
+
+
+def test_malformed_and_misfiled_proposals_are_never_folded_and_the_campaign_finishes(nats_server, arx_env, tmp_path):
+    """An agent's key may publish proposals, so it may send bad ones: neither may wedge the campaign."""
+    cluster = Cluster(arx_env, tmp_path / "logs")
+    cluster.start("evaluator", "evaluator", "--name", "evaluator-1")
+    cluster.start("executor", "executor", "--name", "executor-1")
+    try:
+        assert cluster.arx("campaign", "start", "--task", "tiny", "--trials", "3", "--campaign", C).returncode == 0
+        bad_id = msgspec.json.decode(encode(proposed(C, "g", "baseline")))
+        bad_id["trial_id"] = "g bad id"  # on a valid subject; the payload's id is no subject token
+        elsewhere = proposed(C, "x", "baseline")  # a valid proposal on a subject that is not its own
+
+        async def attack():
+            nc, errors = await plain_client(nats_server, arx_env, "agent")
+            js = nc.jetstream(timeout=5)
+            await js.publish(subjects.trial(C, "g", "proposed"), msgspec.json.encode(bad_id))
+            await js.publish(subjects.subject(C, "specialist", "x", "joined"), encode(elsewhere))
+            await nc.close()
+            return errors
+
+        assert asyncio.run(attack()) == []  # the server took both: they are the agent's subjects
+        cluster.start("agent", "agent", "--policy", "tpe", "--specialist", "tpe-main", "--surface", "main",
+                      "--campaign", C)
+        summary = cluster.wait_stopped(C, timeout=120)
+    finally:
+        cluster.stop_all()
+    assert summary["trials_proposed"] == 3 and summary["in_flight"] == 0
+    assert sum(summary["labels"].values()) == 3 and summary["skipped_events"] == {"misfiled": 2}
+
+
+def test_two_campaigns_back_to_back_on_one_stream_both_finish(arx_env, tmp_path):
+    """Each campaign's baseline is trial `baseline`: the same trial id, never the same event."""
+    cluster = Cluster(arx_env, tmp_path / "logs")
+    cluster.start("evaluator", "evaluator", "--name", "evaluator-1")
+    cluster.start("executor", "executor", "--name", "executor-1")
+    try:
+        summaries = []
+        for campaign in ("first", "second"):
+            assert cluster.arx("campaign", "start", "--task", "tiny", "--trials", "1", "--campaign", campaign).returncode == 0
+            summaries.append(cluster.wait_stopped(campaign, timeout=60))
+    finally:
+        cluster.stop_all()
+    for summary in summaries:
+        assert summary["trials_scored"] == 1 and summary["baseline_score"] is not None and summary["in_flight"] == 0
