@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator
 
 import nats
@@ -201,6 +202,9 @@ class Bus:
         if not follow and end < start_seq:
             return
         config = api.ConsumerConfig(
+            # Named, so that it is created on a subject that carries its name: nats-server's permissions
+            # then keep every role from creating (and so replacing) a queue it does not own (bus.roles).
+            name=f"read-{uuid.uuid4().hex}",
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start_seq,
             ack_policy=api.AckPolicy.NONE,

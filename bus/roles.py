@@ -48,8 +48,11 @@ def _reads(stream: str, bucket: str) -> list[str]:
         "$JS.API.INFO",
         "$JS.API.STREAM.NAMES",  # the object store finds its stream by subject
         *(f"$JS.API.STREAM.INFO.{name}" for name in (stream, objects)),
-        # ephemeral consumers only: the legacy create subject refuses a durable name
-        *(f"$JS.API.CONSUMER.CREATE.{name}" for name in (stream, objects)),
+        # Consumers created on a subject that names them (`permissions` denies the queues of other roles);
+        # the object store's ordered consumer uses the unnamed form, which takes any name in its request.
+        f"$JS.API.CONSUMER.CREATE.{stream}.*",
+        f"$JS.API.CONSUMER.CREATE.{stream}.*.>",
+        f"$JS.API.CONSUMER.CREATE.{objects}",
         *(f"$JS.API.CONSUMER.INFO.{name}.*" for name in (stream, objects)),
         *(f"$JS.API.CONSUMER.MSG.NEXT.{name}.*" for name in (stream, objects)),
         *(f"$JS.API.DIRECT.GET.{name}.>" for name in (stream, objects)),
@@ -69,7 +72,12 @@ def permissions(role: str, stream: str, bucket: str) -> dict:
         allow += [f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{queue}", f"$JS.ACK.{stream}.{queue}.>"]
     if role == "executor":  # logs and artifacts; it may not purge, so it can add objects but not remove any
         allow += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
-    deny = [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{queue}" for queue in others]
+    deny = [
+        subject
+        for queue in others
+        for subject in (f"$JS.API.CONSUMER.CREATE.{stream}.{queue}", f"$JS.API.CONSUMER.CREATE.{stream}.{queue}.>",
+                        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{queue}")
+    ]
     return {"publish": {"allow": allow, "deny": deny}, "subscribe": {"allow": ["_INBOX.>"]}}
 
 

@@ -201,3 +201,29 @@ def test_two_campaigns_back_to_back_on_one_stream_both_finish(arx_env, tmp_path)
         cluster.stop_all()
     for summary in summaries:
         assert summary["trials_scored"] == 1 and summary["baseline_score"] is not None and summary["in_flight"] == 0
+
+
+@pytest.mark.parametrize("create", [
+    "$JS.API.CONSUMER.CREATE.{stream}",  # an unnamed create whose request names the queue
+    "$JS.API.CONSUMER.CREATE.{stream}.evaluators",
+    "$JS.API.CONSUMER.CREATE.{stream}.evaluators.arx.ev.>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.{stream}.evaluators",
+])
+def test_no_role_may_redefine_another_roles_queue(nats_server, arx_env, create):
+    """Creating a consumer under a queue's name replaces its filter: only the queue's own role may."""
+    request = {"config": {"name": "evaluators", "durable_name": "evaluators", "filter_subject": "arx.ev.none",
+                          "ack_policy": "explicit"}}
+
+    async def run():
+        async with await Bus.connect(role="admin") as bus:
+            await bus.durable("evaluators", subjects.FINISHES)
+            stream = bus.settings.stream
+            for role in ("agent", "executor", "reader"):
+                nc, _ = await plain_client(nats_server, arx_env, role)
+                with pytest.raises(REFUSED):
+                    await nc.request(create.format(stream=stream), msgspec.json.encode({"stream_name": stream, **request}),
+                                     timeout=0.5)
+                await nc.close()
+            return (await bus.js.consumer_info(stream, "evaluators")).config.filter_subject
+
+    assert asyncio.run(run()) == subjects.FINISHES
