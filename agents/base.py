@@ -18,7 +18,7 @@ import anyio
 
 from agents.trees import Trees
 from bus.connection import Bus
-from bus.events import SpecialistJoined, TrialProposed, check_token
+from bus.events import SpecialistJoined, TrialProposed, check_token, oversize
 from bus.settings import Settings, load_settings
 from evaluators.spec import Task, TaskSpec, load_task
 from projections import views
@@ -32,10 +32,6 @@ ALL_PATHS = "*"
 # Trial ids are "<specialist>-<nnnn>-<6 hex>" and must stay a 64-character subject token.
 MAX_SPECIALIST_CHARS = 52
 FOLD_TIMEOUT_S = 30.0
-# A proposal's texts travel in one event and end up in a git commit and in every lineage view: a
-# bigger one is refused by the agent that made it, and by the executor from a client that did not.
-MAX_HYPOTHESIS_BYTES = 64 * 1024
-MAX_DIFF_BYTES = 4 * 1024 * 1024
 HYPOTHESIS_KEPT_CHARS = 1000  # of an oversize proposal's hypothesis, kept in its rejected trial
 # The circuit breaker: when this specialist's last BREAKER_TRIALS outcomes were all harness_abort, the
 # hosts are failing its trials, and proposing more only feeds them; it waits BREAKER_FIRST_S, twice
@@ -108,15 +104,6 @@ def path_in(path: str, paths: list[str] | None) -> bool:
     if paths is None:
         return True
     return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
-
-
-def oversize(hypothesis: str, diff: str) -> str | None:
-    """Which size limit a proposal's texts exceed, in words; None when they fit."""
-    for what, text, limit in (("hypothesis", hypothesis, MAX_HYPOTHESIS_BYTES), ("diff", diff, MAX_DIFF_BYTES)):
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > limit:
-            return f"the {what} is {size} bytes, over its limit of {limit} bytes"
-    return None
 
 
 def breaker_wait(recent: list[str]) -> float:

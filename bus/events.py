@@ -31,6 +31,10 @@ LABELS = (
     "harness_abort",
 )
 FAILURE_LABELS = frozenset(LABELS) - {"keep", "discard", "within_noise"}
+# A proposal's texts travel in one event and end up in a git commit and in every lineage view: a
+# bigger one is refused by the agent that made it, and by the executor from a client that did not.
+MAX_HYPOTHESIS_BYTES = 64 * 1024
+MAX_DIFF_BYTES = 4 * 1024 * 1024
 PREFLIGHT_STAGE = "preflight"  # TrialFinished.stage of a trial its preflight stopped before the full run
 
 # Every integer in an event fits the 64-bit signed integer SQLite stores: msgspec alone would take
@@ -170,6 +174,15 @@ class TrialProposed(_TrialEvent):
     # Why the agent itself found its edit invalid (it does not apply, say): the trial is proposed all the
     # same, so the attempt stays in the lineage, and the executor records this as its invalid_edit outcome.
     rejection: str | None = None
+
+
+def oversize(hypothesis: str, diff: str) -> str | None:
+    """Which size limit a proposal's texts exceed, in words; None when they fit."""
+    for what, text, limit in (("hypothesis", hypothesis, MAX_HYPOTHESIS_BYTES), ("diff", diff, MAX_DIFF_BYTES)):
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            return f"the {what} is {size} bytes, over its limit of {limit} bytes"
+    return None
 
 
 class TrialStarted(_TrialEvent):

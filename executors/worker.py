@@ -26,7 +26,6 @@ import anyio
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
-from agents.base import oversize
 from bus import subjects
 from bus.connection import Bus
 from bus.events import (
@@ -43,6 +42,7 @@ from bus.events import (
     TrialStarted,
     UnknownEvent,
     decode_stored,
+    oversize,
     replicate_id,
 )
 from evaluators.spec import Task, TaskSpec, load_task, pack_folder

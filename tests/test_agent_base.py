@@ -25,18 +25,15 @@ from agents.base import (
     BREAKER_MAX_S,
     BREAKER_TRIALS,
     HYPOTHESIS_KEPT_CHARS,
-    MAX_DIFF_BYTES,
-    MAX_HYPOTHESIS_BYTES,
     Context,
     Proposal,
     Specialist,
     breaker_wait,
-    oversize,
 )
 from agents.edits import apply_diff, read_knob, set_knob, unified_diff
 from agents.trees import Trees
 from bus.connection import Bus
-from bus.events import decode
+from bus.events import MAX_DIFF_BYTES, MAX_HYPOTHESIS_BYTES, decode, oversize
 
 pytestmark = pytest.mark.anyio
 

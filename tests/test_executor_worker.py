@@ -21,9 +21,8 @@ import anyio
 import msgspec
 import pytest
 
-from agents.base import MAX_HYPOTHESIS_BYTES
 from bus.connection import Bus
-from bus.events import CampaignStarted, CampaignStopped, TrialProposed
+from bus.events import MAX_HYPOTHESIS_BYTES, CampaignStarted, CampaignStopped, TrialProposed
 from evaluators.spec import Task, load_task
 from executors.worker import run_executor
 
