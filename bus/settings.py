@@ -13,9 +13,12 @@ from pathlib import Path
 import msgspec
 
 
+DEFAULT_HOME = Path(".arx")
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str | None = None
-    home: Path = Path(".arx")
+    home: Path = DEFAULT_HOME
     # The nkey seed file this process connects with, whatever its role (default: the role's own file in
     # credentials_dir, where `arx server` writes one per role).
     credentials: Path | None = None
@@ -115,4 +118,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             values[field] = convert(raw)
         except ValueError as exc:
             raise ValueError(f"{var}={raw!r}: {exc}") from None
+    # Absolute from the start: a role or a sandbox that changes its working directory must find the
+    # same home, whether scripts/up.sh started the command (which exports an absolute ARX_HOME) or a person did.
+    values["home"] = Path(values.get("home", DEFAULT_HOME)).absolute()
     return Settings(**values)

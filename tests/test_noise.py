@@ -7,11 +7,13 @@ import asyncio
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
 import pytest
-from cluster import Cluster
+from cluster import ROOT, Cluster
 from tiny_tasks import WAIT_S, edit, proposal, stored, use_tasks, wait_event, write_task
 
 from bus.connection import Bus
@@ -285,3 +287,12 @@ def test_arx_noise_scores_an_official_task_from_its_runs_logs(arx_env, tmp_path,
     done = cluster.arx("noise", "--task", "tiny-gpu", "--runs", "2", timeout=WAIT_S)
     assert done.returncode == 1 and done.stdout == ""
     assert "task tiny-gpu runs on cuda devices: measure its noise with --devices auto" in done.stderr, done.stderr
+
+
+def test_arx_noise_run_by_hand_with_the_default_relative_home(arx_env, tmp_path):
+    """No ARX_HOME: the home is `.arx` under the working directory, which the sandbox must find too."""
+    env = {key: value for key, value in arx_env.items() if key not in ("ARX_HOME", "NATS_URL")}
+    done = subprocess.run([sys.executable, str(ROOT / "arx.py"), "noise", "--task", "tiny", "--runs", "2", "--json"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["scores"] == [5.0, 5.0] and (tmp_path / ".arx").is_dir()
