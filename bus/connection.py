@@ -8,6 +8,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 from nats.errors import TimeoutError as NatsTimeout
@@ -17,6 +18,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from bus import subjects
 from bus.events import Event, ObjectRef, decode, encode
 from bus.pull_reader import PullReader, StoredMessage
+from bus.roles import check_seed
 from bus.server import ensure_server
 from bus.settings import Settings, load_settings
 
@@ -36,12 +38,14 @@ class Refused(PermissionError):
 
 
 class Bus:
-    def __init__(self, nc, settings: Settings, role: str):
+    def __init__(self, nc, settings: Settings, role: str, *, seed: Path | None = None,
+                 refused: set[str] | None = None):
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
         self.settings = settings
         self.role = role
-        self.refused: set[str] = set()  # subjects nats-server refused this connection (its error callback)
+        self.seed = seed  # the credential it connected with, for the stream reader's own connection
+        self.refused = set() if refused is None else refused  # subjects nats-server refused it (error callback)
         self._objects = None
 
     @classmethod
@@ -53,6 +57,8 @@ class Bus:
         settings = settings or load_settings()
         url = await asyncio.to_thread(ensure_server, settings)
         seed = settings.seed(role)
+        if seed is not None:
+            check_seed(seed)
         refused: set[str] = set()
         first_error = asyncio.get_running_loop().create_future()
 
@@ -75,8 +81,7 @@ class Bus:
             reason = first_error.result() if first_error.done() else f"no answer within {CONNECT_TIMEOUT_S:.0f}s"
             credential = f"credential {seed}" if seed else "no credential"
             raise RuntimeError(f"cannot connect to {url} as role {role!r} ({credential}): {reason}")
-        bus = cls(connecting.result(), settings, role)
-        bus.refused = refused
+        bus = cls(connecting.result(), settings, role, seed=seed, refused=refused)
         try:
             await bus.check_stream()
         except BaseException:
@@ -215,7 +220,7 @@ class Bus:
         url = self.nc.connected_url
         if url is None:
             raise nats.errors.ConnectionClosedError()
-        reader = await PullReader.open(url, seed=self.settings.seed(self.role))
+        reader = await PullReader.open(url, seed=self.seed)
         try:
             async for stored in reader.pull(self.settings.stream, consumer.name, batch=batch, follow=follow, end=end):
                 yield stored

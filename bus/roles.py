@@ -108,6 +108,14 @@ def public_key(seed_file: Path) -> str:
     return nkeys.from_seed(bytearray(seed_file.read_bytes().strip())).public_key.decode()
 
 
+def check_seed(seed_file: Path) -> None:
+    """A clear error for a credential file that holds no nkey seed (nkeys would raise from deep in connect)."""
+    try:
+        public_key(seed_file)
+    except (nkeys.NkeysError, OSError) as exc:
+        raise ValueError(f"{seed_file} is no nkey seed file ({exc})") from None
+
+
 def sign(seed_file: Path, nonce: str) -> tuple[str, str]:
     """(public key, signature of the server's nonce) for a CONNECT made by hand (the pull reader)."""
     pair = nkeys.from_seed(bytearray(seed_file.read_bytes().strip()))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 
+from bus.roles import seed_path
+
 
 DEFAULT_HOME = Path(".arx")
 
@@ -69,7 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if not self.credentials.is_file():
                 raise ValueError(f"ARX_CREDENTIALS={self.credentials}: no such file")
             return self.credentials
-        own = self.credentials_dir / f"{role}.nk"
+        own = seed_path(self.credentials_dir, role)
         return own if own.is_file() else None
 
 

@@ -25,13 +25,19 @@ def check_token(kind: str, value: str) -> str:
     return value
 
 
-def subject(campaign_id: str, aggregate: str, aggregate_id: str, verb: str, attempt: int | None = None) -> str:
+def subject(campaign_id: str, aggregate: str, aggregate_id: str, verb: str, attempt: int | str | None = None) -> str:
+    """One fact's subject; attempt "*" makes a filter for every attempt of it."""
     base = f"{PREFIX}.{campaign_id}.{aggregate}.{aggregate_id}.{verb}"
     return base if attempt is None else f"{base}.{attempt}"
 
 
-def trial(campaign_id: str, trial_id: str, verb: str, attempt: int | None = None) -> str:
+def trial(campaign_id: str, trial_id: str, verb: str, attempt: int | str | None = None) -> str:
     return subject(campaign_id, "trial", trial_id, verb, attempt)
+
+
+def replicate(campaign_id: str, replicate_id: str) -> str:
+    """Where a confirmation rerun's finish lives (one per rerun: its id carries the index)."""
+    return subject(campaign_id, "replicate", replicate_id, "finished")
 
 
 def campaign(campaign_id: str, verb: str) -> str:

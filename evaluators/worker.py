@@ -259,7 +259,7 @@ class Evaluator:
         return labels.confirm(task.spec, first, runs, candidate, request.incumbent_id, noise)
 
     async def _rerun(self, c: str, candidate: str, index: int, deadline: float) -> ReplicateFinished | None:
-        subject = subjects.subject(c, "replicate", replicate_id(candidate, index), "finished")
+        subject = subjects.replicate(c, replicate_id(candidate, index))
         while (rerun := await self.bus.last_event(subject)) is None:
             if time.monotonic() >= deadline:
                 return None

@@ -246,8 +246,9 @@ class Executor:
     async def _settled_without_running(self, proposal: TrialProposed, attempt: int) -> bool:
         """Redeliveries of a trial that already ran, trials of stopped campaigns, and exhausted retries."""
         campaign_id, trial_id = proposal.campaign_id, proposal.trial_id
-        earlier = [subjects.trial(campaign_id, trial_id, "finished", past) for past in range(1, attempt)]
-        for done in (subjects.trial(campaign_id, trial_id, "outcome"), *earlier):
+        # An outcome, or a finish of any attempt (only earlier ones can exist yet).
+        for verb, which in (("outcome", None), ("finished", "*")):
+            done = subjects.trial(campaign_id, trial_id, verb, which)
             if await self.bus.last_event(done) is not None:
                 log.info("trial %s of %s already has %s: redelivery skipped", trial_id, campaign_id, done)
                 return True
@@ -320,7 +321,7 @@ class Executor:
         started, task, repo = await self._campaign(c)
         for index, trial_id in enumerate(request.runs):
             rerun = replicate_id(request.trial_id, index)
-            if await self.bus.last_event(subjects.subject(c, "replicate", rerun, "finished")) is not None:
+            if await self.bus.last_event(subjects.replicate(c, rerun)) is not None:
                 continue
             proposal = await self.bus.last_event(subjects.trial(c, trial_id, "proposed"))
             if not isinstance(proposal, TrialProposed):

@@ -108,8 +108,8 @@ class Lineage:
 
     def skipped(self, campaign_id: str | None = None) -> dict[str, int]:
         """How many messages the fold skipped, by reason (see `_event`): all, or those on one campaign's subjects."""
-        where, params = ("", ()) if campaign_id is None else ("WHERE subject LIKE ? ESCAPE '\\'", (
-            subjects.of_campaign(campaign_id)[:-1].replace("_", "\\_") + "%",))
+        prefix = subjects.of_campaign(campaign_id).removesuffix(">") if campaign_id else ""
+        where, params = ("WHERE substr(subject, 1, ?) = ?", (len(prefix), prefix)) if prefix else ("", ())
         return dict(self.db.execute(
             f"SELECT reason, count(*) FROM skipped_events {where} GROUP BY reason ORDER BY reason", params
         ))

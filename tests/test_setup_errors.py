@@ -74,6 +74,12 @@ def test_a_credential_the_server_does_not_know(arx_env, tmp_path):
     assert "authorization violation" in line.lower() and "stranger.nk" in line
 
 
+def test_a_credential_file_that_holds_no_seed(arx_env, tmp_path):
+    garbage = tmp_path / "garbage.nk"
+    garbage.write_text("not a seed\n")
+    one_line_error(arx({**arx_env, "ARX_CREDENTIALS": str(garbage)}, "status"), "garbage.nk is no nkey seed file")
+
+
 def test_a_sync_interval_nats_server_would_not_take(arx_env, tmp_path):
     env = {**arx_env, "ARX_SYNC_INTERVAL": "bogus", "NATS_URL": f"nats://127.0.0.1:{free_port()}",
            "ARX_HOME": str(tmp_path / "home")}

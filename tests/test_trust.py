@@ -13,7 +13,6 @@ import msgspec
 import nats
 import pytest
 from cluster import Cluster
-from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError
 from projection_events import campaign_started, finished, proposed, publish_all, scored
@@ -135,9 +134,8 @@ def test_a_client_without_credentials_cannot_connect(nats_server, arx_env):
     async def run():
         await plain_client(nats_server, arx_env, None)
 
-    with pytest.raises((NoServersError, nats.errors.Error)) as refused:
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         asyncio.run(run())
-    assert "authorization" in str(refused.value).lower() or isinstance(refused.value, NoServersError)
 
 
 def test_a_refused_publish_says_which_role_and_subject(arx_env, monkeypatch):
