@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pathlib
 import sys
 
 # subcommand -> (module, function, help). Modules are imported only when their command runs.
 COMMANDS = {
-    "server": ("bus.cli", "serve", "start the embedded nats-server if none answers at NATS_URL"),
+    "server": ("bus.cli", "serve", "start the embedded nats-server if none answers at NATS_URL, or a node of a cluster"),
     "campaign": ("evaluators.campaign", "cli", "start or stop a campaign"),
     "task": ("evaluators.campaign", "cli_task", "list the tasks, or show one task's spec"),
     "noise": ("evaluators.noise", "cli", "measure a task's score noise: repeated runs of its starting recipe"),
@@ -42,7 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     helps = {name: spec[2] for name, spec in COMMANDS.items()}
 
-    sub.add_parser("server", help=helps["server"])
+    server = sub.add_parser("server", help=helps["server"])
+    server.add_argument("--listen", metavar="HOST:PORT",
+                        help="where clients reach this node (default 127.0.0.1:$ARX_NATS_PORT; 0.0.0.0:4222 for all hosts)")
+    server.add_argument("--node", metavar="NAME", help="this node's name in its cluster (makes it a cluster node)")
+    server.add_argument("--cluster", default="arx", help="the cluster's name (default: arx)")
+    server.add_argument("--cluster-listen", metavar="HOST:PORT", help="where the other nodes' routes reach this one")
+    server.add_argument("--routes", metavar="HOST:PORT,...", default="",
+                        help="every node's --cluster-listen address (this node's own may be among them)")
+    server.add_argument("--tls", action="store_true",
+                        help="speak TLS: a private CA and this node's certificate under $ARX_HOME/tls (made once)")
+    server.add_argument("--tls-host", action="append", default=[], metavar="NAME",
+                        help="with --tls: another name or address clients reach this node by (repeatable)")
+    server.add_argument("--tls-cert", type=pathlib.Path, help="a certificate of your own for this node (with --tls-key)")
+    server.add_argument("--tls-key", type=pathlib.Path, help="the key of --tls-cert")
 
     campaign = sub.add_parser("campaign", help=helps["campaign"])
     campaign_sub = campaign.add_subparsers(dest="action", required=True, parser_class=_Parser)

@@ -20,7 +20,7 @@ from agents.trees import Trees
 from bus.connection import Bus
 from bus.events import SpecialistJoined, TrialProposed, check_token, oversize
 from bus.settings import Settings, load_settings
-from evaluators.spec import Task, TaskSpec, load_task
+from evaluators.spec import Task, TaskSpec, campaign_task
 from projections import views
 from projections.follow import LiveLineage
 from projections.lineage import Lineage
@@ -206,7 +206,7 @@ class Specialist:
         camp = await self._pick_campaign(live)
         c = camp["campaign_id"]
         if camp["stopped_at"] is None:
-            task = load_task(camp["task"])
+            task = campaign_task(camp["task"], camp["spec"])
             surface_paths(task.spec, self.surface)  # an unknown surface fails here, before joining
             await self._join(bus, live.lineage, c)
             trees = Trees(bus, live.lineage, c)

@@ -11,8 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bus.server import provision, start_server, wait_reachable, write_config
+import msgspec
+
+from bus.server import Node, provision, start_server, wait_reachable, write_config
 from bus.settings import Settings
+from bus.tls import ensure_node_cert
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,28 +30,60 @@ class LocalServer:
     """A nats-server with its store under root, which can be killed and started again on the same port.
 
     Its role credentials are written under `home` (ARX_HOME of the processes that use it), where every
-    arx process finds its own."""
+    arx process finds its own. Given a `node` (a cluster's member, or one that speaks TLS), it runs as that."""
 
-    def __init__(self, root: Path, *, home: Path, sync_interval: str = "2m"):
+    def __init__(self, root: Path, *, home: Path, sync_interval: str = "2m", node: Node | None = None):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.node = node or Node(listen=f"127.0.0.1:{free_port()}")
+        self.port = self.node.port
+        self.url = self.node.client_url
         self.config = root / "nats.conf"
-        self.settings = Settings(home=home, sync_interval=sync_interval, nats_url=self.url)
-        write_config(self.config, self.settings, port=self.port, store_dir=root / "store")
+        self.settings = Settings(home=home, sync_interval=sync_interval, nats_url=self.url, tls_ca=self.node.tls_ca)
+        write_config(self.config, self.settings, self.node, store_dir=root / "store")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "LocalServer":
         self.proc = start_server(self.config, self.root / "nats.log")
         wait_reachable(self.url)
-        provision(self.settings, self.url)
+        if not self.node.cluster:
+            provision(self.settings, self.url)
         return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class LocalCluster:
+    """`size` nats-server nodes routed into one JetStream cluster on loopback ports, sharing one home's
+    credentials; the stream and the object store get `size` replicas (at most 3)."""
+
+    def __init__(self, root: Path, *, home: Path, size: int = 3, tls: bool = False):
+        cluster_ports = [free_port() for _ in range(size)]
+        routes = tuple(f"127.0.0.1:{port}" for port in cluster_ports)
+        self.servers = []
+        for i, cluster_port in enumerate(cluster_ports):
+            name = f"n{i + 1}"
+            cert, key = ensure_node_cert(home / "tls", name, ["127.0.0.1"]) if tls else (None, None)
+            node = Node(listen=f"127.0.0.1:{free_port()}", name=name, cluster="arx-test",
+                        cluster_listen=f"127.0.0.1:{cluster_port}", routes=routes,
+                        tls_cert=cert, tls_key=key, tls_ca=home / "tls" / "ca.pem" if tls else None)
+            self.servers.append(LocalServer(root / name, home=home, node=node))
+        self.url = ",".join(server.url for server in self.servers)
+        self.settings = msgspec.structs.replace(self.servers[0].settings, nats_url=self.url,
+                                                replicas=min(size, 3))
+
+    def start(self) -> "LocalCluster":
+        for server in self.servers:
+            server.start()
+        provision(self.settings, self.url)
+        return self
+
+    def kill(self) -> None:
+        for server in self.servers:
+            server.kill()
 
 
 class Roles:

@@ -3,9 +3,9 @@
 nats-py builds a Msg, parses its headers and passes it through an asyncio queue for every message:
 about 30 µs of CPU each on the 2-core machine this was measured on, which made a replay slow. This
 connection only sends pull requests and cuts the replies out of what the socket returns, a few µs a
-message. It speaks the client protocol's plain-TCP subset (an nkey seed file, or user and password or
-token from the URL); a server that wants TLS is refused with a clear error rather than spoken to in the
-clear.
+message. It speaks the client protocol's small subset that it needs: TLS when the server or the URL asks
+for it (the connection's own SSL context), and an nkey seed file, or user and password or token from
+the URL.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -57,7 +58,8 @@ class PullReader:
         self._rest = b""
 
     @classmethod
-    async def open(cls, url: ParseResult, *, seed: Path | None = None, timeout: float = 10.0) -> "PullReader":
+    async def open(cls, url: ParseResult, *, seed: Path | None = None, tls: ssl.SSLContext | None = None,
+                   timeout: float = 10.0) -> "PullReader":
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(url.hostname, url.port or 4222, limit=READ_CHUNK), timeout
         )
@@ -67,7 +69,10 @@ class PullReader:
                 raise PullError(greeting.decode(errors="replace").strip() or "no INFO from the server")
             info = json.loads(greeting.removeprefix(b"INFO "))
             if url.scheme == "tls" or info.get("tls_required"):
-                raise PullError(f"{url.hostname}:{url.port} wants TLS, which arx's stream reader does not speak")
+                if tls is None:
+                    raise PullError(f"{url.hostname}:{url.port} wants TLS: give the CA that signed it (ARX_TLS_CA)")
+                # NATS greets in the clear and then upgrades the same socket.
+                await asyncio.wait_for(writer.start_tls(tls, server_hostname=url.hostname), timeout)
             connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
                        "protocol": 1, "lang": "python-arx", "version": "1", "name": "arx-pull"}
             if seed is not None and info.get("nonce"):

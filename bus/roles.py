@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 from pathlib import Path
 
 import nkeys
@@ -102,6 +103,18 @@ def ensure_credentials(directory: Path) -> dict[str, str]:
                 handle.write(seed + b"\n")
         public[role] = public_key(path)
     return public
+
+
+def cluster_secret(directory: Path) -> str:
+    """The password the nodes of one cluster route to each other with (made once, mode 0600): nodes that
+    share the credentials folder share it."""
+    path = directory / "cluster.secret"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
 
 
 def public_key(seed_file: Path) -> str:

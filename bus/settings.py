@@ -19,11 +19,17 @@ DEFAULT_HOME = Path(".arx")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # One server, or a cluster's servers separated by commas (as the nats CLI takes them).
     nats_url: str | None = None
     home: Path = DEFAULT_HOME
     # The nkey seed file this process connects with, whatever its role (default: the role's own file in
     # credentials_dir, where `arx server` writes one per role).
     credentials: Path | None = None
+    # The CA that signed the servers' certificates (`arx server --tls` writes one under tls/); with it
+    # every connection speaks TLS, as it does for a tls:// URL (which trusts the system's CAs without it).
+    tls_ca: Path | None = None
+    # Copies of the stream and the object store on a cluster (None: 3 on a cluster, 1 on one node).
+    replicas: int | None = None
     # nats-server fsync interval: "always" trades publish speed for surviving an OS crash.
     sync_interval: str = "2m"
     embedded_port: int = 4222
@@ -62,6 +68,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def credentials_dir(self) -> Path:
         return self.home / "credentials"
 
+    @property
+    def servers(self) -> list[str]:
+        return [url.strip() for url in (self.nats_url or "").split(",") if url.strip()]
+
     def with_url(self, url: str) -> "Settings":
         return msgspec.structs.replace(self, nats_url=url)
 
@@ -85,10 +95,18 @@ def _sync_interval(raw: str) -> str:
     return raw
 
 
+def _between(value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise ValueError(f"must be from {low} to {high}")
+    return value
+
+
 _ENV = {
     "nats_url": ("NATS_URL", str),
     "home": ("ARX_HOME", Path),
     "credentials": ("ARX_CREDENTIALS", Path),
+    "tls_ca": ("ARX_TLS_CA", Path),
+    "replicas": ("ARX_REPLICAS", lambda raw: _between(int(raw), 1, 5)),
     "sync_interval": ("ARX_SYNC_INTERVAL", _sync_interval),
     "embedded_port": ("ARX_NATS_PORT", int),
     "stream": ("ARX_STREAM", str),

@@ -289,6 +289,16 @@ def task_folders() -> list[Path]:
     return [*extra, TASKS_DIR]
 
 
+def campaign_task(name: str, spec: dict) -> Task:
+    """A campaign's task as its CampaignStarted recorded it: the spec from the log, so that every host
+    runs and judges by the same command, budgets, gates and surfaces whatever version of task.toml it
+    has, with the trusted code (task.py) and the recipe checkout of this host's own install."""
+    task = load_task(name)
+    if spec:
+        task.spec = msgspec.convert(spec, TaskSpec)
+    return task
+
+
 def load_task(name: str) -> Task:
     for tasks_dir in task_folders():
         folder = tasks_dir / name.replace("-", "_")

@@ -47,7 +47,7 @@ from bus.events import (
 from evaluators import labels
 from evaluators.sandbox import SandboxPool, SandboxResult
 from evaluators.official_log import evaluate_log
-from evaluators.spec import Task, TaskSpec, load_task
+from evaluators.spec import Task, TaskSpec, campaign_task
 from evaluators.unpack import UnsafeArtifact, unpack_artifact
 from projections import views
 from projections.follow import LiveLineage, catch_up
@@ -111,7 +111,7 @@ class Evaluator:
         self._tasks: dict[str, Task] = {}
         self._heldout: dict[str, asyncio.Future] = {}
         self._stopping: set[str] = set()
-        self._broken_tasks: set[str] = set()
+        self._broken_tasks: set[str] = set()  # campaigns whose task this host cannot load
 
     # -- the work queue -----------------------------------------------------------------------
 
@@ -214,7 +214,7 @@ class Evaluator:
         campaign = views.campaign(self.live.lineage, finished.campaign_id)
         if campaign is None:
             raise LookupError(f"campaign {finished.campaign_id} has no CampaignStarted in the log")
-        task = self.task(campaign["task"])
+        task = self.task(campaign)
         evaluation = await self.evaluate(task, finished) if labels.scorable(finished) else None
         # Outcomes written since the trial finished may have moved the incumbent.
         await self._caught_up(await self.bus.last_seq())
@@ -266,10 +266,12 @@ class Evaluator:
             await asyncio.sleep(RERUN_POLL_S)
         return rerun
 
-    def task(self, name: str) -> Task:
-        if name not in self._tasks:
-            self._tasks[name] = load_task(name)
-        return self._tasks[name]
+    def task(self, campaign: dict) -> Task:
+        """The campaign's task, by the spec its CampaignStarted recorded (views.campaign's row)."""
+        c = campaign["campaign_id"]
+        if c not in self._tasks:
+            self._tasks[c] = campaign_task(campaign["task"], campaign["spec"])
+        return self._tasks[c]
 
     def _heldout_future(self, task: Task) -> asyncio.Future:
         """The task's held-out inputs and targets, computed once per task, off the event loop."""
@@ -328,17 +330,18 @@ class Evaluator:
                 self._stopping.add(campaign_id)  # until the lineage shows the stop
                 log.info("campaign %s stopped: %d of %d trials", campaign_id, counted, row["max_trials"])
             return
-        self._prepare(row["task"])
+        self._prepare(campaign_id)
 
-    def _prepare(self, task_name: str) -> None:
+    def _prepare(self, campaign_id: str) -> None:
         """Start the sandbox process and the held-out data before the campaign's first trial arrives."""
-        if task_name in self._broken_tasks:
+        if campaign_id in self._broken_tasks:
             return
+        campaign = views.campaign(self.live.lineage, campaign_id)
         try:
-            task = self.task(task_name)
+            task = self.task(campaign)
         except ValueError as exc:
-            self._broken_tasks.add(task_name)
-            log.error("cannot prepare task %s: %s", task_name, exc)
+            self._broken_tasks.add(campaign_id)
+            log.error("cannot prepare the task of campaign %s: %s", campaign_id, exc)
             return
         if task.spec.scored_from == "log":  # no held-out data, no sandbox: the log is parsed here
             return

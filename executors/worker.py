@@ -45,7 +45,7 @@ from bus.events import (
     oversize,
     replicate_id,
 )
-from evaluators.spec import Task, TaskSpec, load_task, pack_folder
+from evaluators.spec import Task, TaskSpec, campaign_task, pack_folder
 from executors import preflight
 from executors.devices import CPU, Devices, device_class, parse_devices
 from executors.edits import ANY_PATH, EditProblem, InvalidEdit, check_edit
@@ -291,7 +291,7 @@ class Executor:
             started = await self._started_event(campaign_id)
             if started is None:
                 raise RuntimeError(f"campaign {campaign_id} has no CampaignStarted event")
-            task = load_task(started.task)
+            task = campaign_task(started.task, started.spec)
             repo = await asyncio.to_thread(CampaignRepo.for_campaign, self.home, campaign_id)
             self._campaigns[campaign_id] = (started, task, repo)
         return self._campaigns[campaign_id]

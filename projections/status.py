@@ -39,17 +39,15 @@ def read_file(path: Path, campaign: str | None) -> dict | None:
 
 
 async def read_log(campaign: str | None) -> dict | None:
-    try:
-        with anyio.fail_after(BUS_TIMEOUT_S):
-            async with await Bus.connect(role="reader", name="arx-status") as bus:
-                campaign = campaign or await _latest_campaign(bus)
-                if campaign is None:
-                    return None
-                lineage = Lineage()
-                await catch_up(bus, lineage, subject=subjects.of_campaign(campaign))
-                return views.summary(lineage, campaign)
-    except TimeoutError:
-        raise RuntimeError(f"reading the log took longer than {BUS_TIMEOUT_S:.0f}s") from None
+    with anyio.move_on_after(BUS_TIMEOUT_S):
+        async with await Bus.connect(role="reader", name="arx-status") as bus:
+            campaign = campaign or await _latest_campaign(bus)
+            if campaign is None:
+                return None
+            lineage = Lineage()
+            await catch_up(bus, lineage, subject=subjects.of_campaign(campaign))
+            return views.summary(lineage, campaign)
+    raise RuntimeError(f"reading the log took longer than {BUS_TIMEOUT_S:.0f}s")
 
 
 async def _latest_campaign(bus: Bus) -> str | None:

@@ -1,0 +1,119 @@
+"""Many hosts: a campaign on a 3-node JetStream cluster that loses a node, and roles that share nothing
+but NATS (each its own ARX_HOME and working directory, holding only its own credential)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+from bus import subjects
+from bus.connection import Bus
+from bus.events import TrialStarted, decode
+from bus.local import LocalCluster
+from bus.settings import Settings
+from cluster import ROOT, Cluster
+from projection_events import dump
+
+TASKS = str(ROOT / "tests" / "tasks")
+TRIALS = 24
+
+
+def role_env(base: Path, role: str, url: str, source_home: Path, **extra: str) -> tuple[dict, Path]:
+    """The environment of a role on a host of its own: a fresh home and working directory holding only a
+    copy of the role's own seed, and the install's tasks (the test tasks live in this checkout)."""
+    host = base / f"host-{role}"
+    (host / "work").mkdir(parents=True)
+    seed = host / f"{role}.nk"
+    shutil.copy(source_home / "credentials" / f"{role}.nk", seed)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("ARX_", "NATS_"))}
+    return env | {"NATS_URL": url, "ARX_HOME": str(host / ".arx"), "ARX_CREDENTIALS": str(seed),
+                  "ARX_ACK_WAIT_S": "5", "ARX_TASKS_PATH": TASKS, **extra}, host / "work"
+
+
+def scored(cluster: Cluster, campaign: str) -> int:
+    return cluster.status(campaign)["trials_scored"]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.5)
+
+
+async def stream_leader(settings: Settings) -> str:
+    async with await Bus.connect(settings, role="reader") as bus:
+        return (await bus.js.stream_info(settings.stream)).cluster.leader
+
+
+async def outcomes_and_runners(settings: Settings, campaign: str) -> tuple[dict[str, int], set[str]]:
+    """How many outcomes each trial has in the stream, and which executors started runs."""
+    counts: dict[str, int] = {}
+    runners = set()
+    async with await Bus.connect(settings, role="reader") as bus:
+        async for batch in bus.read(subject=subjects.of_campaign(campaign)):
+            for message in batch:
+                event = decode(message.data)
+                if isinstance(event, TrialStarted):
+                    runners.add(event.producer)
+                elif message.subject.endswith(".outcome"):
+                    counts[event.trial_id] = counts.get(event.trial_id, 0) + 1
+    return counts, runners
+
+
+def test_a_campaign_on_three_nodes_survives_its_stream_leader_killed_and_restarted(tmp_path):
+    home = tmp_path / "admin-home"
+    nodes = LocalCluster(tmp_path / "nodes", home=home, size=3).start()
+    admin_env = {key: value for key, value in os.environ.items() if not key.startswith(("ARX_", "NATS_"))}
+    admin_env |= {"NATS_URL": nodes.url, "ARX_HOME": str(home), "ARX_TASKS_PATH": TASKS, "ARX_ACK_WAIT_S": "5"}
+    admin = Cluster(admin_env, tmp_path / "logs")
+    roles: list[Cluster] = [admin]
+    try:
+        for role, name, args in [
+            ("evaluator", "evaluator", ("evaluator", "--name", "evaluator-1")),
+            ("executor", "executor-1", ("executor", "--name", "executor-1")),
+            ("reader", "projector", ("projector",)),
+        ]:
+            env, work = role_env(tmp_path / name, role, nodes.url, home)
+            roles.append(Cluster(env, tmp_path / "logs", cwd=work))
+            roles[-1].start(name, *args)
+        env, work = role_env(tmp_path / "executor-2", "executor", nodes.url, home)
+        roles.append(Cluster(env, tmp_path / "logs", cwd=work))
+        roles[-1].start("executor-2", "executor", "--name", "executor-2")
+        admin.command("campaign", "start", "--task", "tiny", "--trials", str(TRIALS), "--campaign", "c3")
+        env, work = role_env(tmp_path / "agent", "agent", nodes.url, home)
+        roles.append(Cluster(env, tmp_path / "logs", cwd=work))
+        roles[-1].start("agent", "agent", "--specialist", "tpe-main", "--surface", "main", "--campaign", "c3",
+                        "--max-in-flight", "2")
+
+        wait_for(lambda: scored(admin, "c3") >= 3, 120, "three trials scored before the kill")
+        leader = asyncio.run(stream_leader(nodes.settings))
+        victim = next(server for server in nodes.servers if server.node.name == leader)
+        victim.kill()  # SIGKILL, mid-campaign, the node that leads the stream
+        before = scored(admin, "c3")
+        wait_for(lambda: scored(admin, "c3") >= min(before + 3, TRIALS), 120, "trials scored with a node down")
+        victim.start()
+        summary = admin.wait_stopped("c3", timeout=240)
+        failed = [name for role in roles for name in role.failed()]
+        assert not failed, failed
+        for role in roles:
+            role.stop_all()
+        assert summary["trials_proposed"] == TRIALS and summary["in_flight"] == 0, summary
+        assert sum(summary["labels"].values()) == TRIALS and summary["skipped_events"] == {}
+
+        # Exactly one outcome per trial, and the projector's view (which followed the log through the
+        # failover) equals a fresh replay of the stream.
+        counts, runners = asyncio.run(outcomes_and_runners(nodes.settings, "c3"))
+        assert len(counts) == TRIALS and set(counts.values()) == {1}, counts
+        assert runners == {"executor-1", "executor-2"}
+        admin.command("replay", "--db", str(tmp_path / "replayed.db"))
+    finally:
+        for role in roles:
+            role.stop_all()
+        nodes.kill()
+    projected = tmp_path / "projector" / "host-reader" / ".arx" / "lineage.db"
+    assert dump(projected) == dump(tmp_path / "replayed.db")
