@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -97,8 +98,20 @@ def ensure_node_cert(folder: Path, node: str, hosts: list[str]) -> tuple[Path, P
     return cert_file, key_file
 
 
+class _BenignTLSClose(logging.Filter):
+    """asyncio warns when a stream upgraded to TLS after its greeting (as NATS does) ends; the
+    connection closes as it should, so the warning only alarms whoever reads a role's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+_BENIGN = _BenignTLSClose()
+
+
 def client_context(ca_file: Path | None) -> ssl.SSLContext:
     """A client context that trusts `ca_file` (or the system's CAs) and checks the server's name."""
+    logging.getLogger("asyncio").addFilter(_BENIGN)  # once: a logger keeps one of each filter
     if ca_file is not None and not ca_file.is_file():
         raise ValueError(f"ARX_TLS_CA={ca_file}: no such file")
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)

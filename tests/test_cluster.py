@@ -9,11 +9,17 @@ import shutil
 import time
 from pathlib import Path
 
+import msgspec
+import nkeys
+import pytest
+
 from bus import subjects
 from bus.connection import Bus
-from bus.events import TrialStarted, decode
-from bus.local import LocalCluster
+from bus.events import TrialProposed, TrialStarted, decode
+from bus.local import LocalCluster, LocalServer, free_port
+from bus.server import Node
 from bus.settings import Settings
+from bus.tls import ensure_ca, ensure_node_cert
 from cluster import ROOT, Cluster
 from projection_events import dump
 
@@ -117,3 +123,48 @@ def test_a_campaign_on_three_nodes_survives_its_stream_leader_killed_and_restart
         nodes.kill()
     projected = tmp_path / "projector" / "host-reader" / ".arx" / "lineage.db"
     assert dump(projected) == dump(tmp_path / "replayed.db")
+
+
+def tls_server(tmp_path: Path) -> LocalServer:
+    home = tmp_path / "home"
+    cert, key = ensure_node_cert(home / "tls", "server", ["127.0.0.1"])
+    node = Node(listen=f"127.0.0.1:{free_port()}", tls_cert=cert, tls_key=key, tls_ca=home / "tls" / "ca.pem")
+    return LocalServer(tmp_path / "nats", home=home, node=node).start()
+
+
+async def round_trip(settings: Settings) -> list[str]:
+    """Publish a proposal as the agent and read the campaign back as a reader (the pull reader's own connection)."""
+    async with await Bus.connect(settings, role="agent") as bus:
+        await bus.publish(TrialProposed(campaign_id="tls", producer="t", trial_id="t1", specialist="s",
+                                        surface="main", parent_id="baseline", hypothesis="h", diff=""))
+    async with await Bus.connect(settings, role="reader") as bus:
+        return [message.subject async for batch in bus.read(subject=subjects.of_campaign("tls")) for message in batch]
+
+
+def test_tls_with_the_generated_ca_works_and_a_client_that_does_not_trust_it_is_refused(tmp_path):
+    server = tls_server(tmp_path)
+    try:
+        assert server.url.startswith("tls://")
+        tls_files = sorted((tmp_path / "home" / "tls").iterdir())
+        assert [f.name for f in tls_files] == ["ca.key", "ca.pem", "server.key", "server.pem"]
+        assert {oct(f.stat().st_mode & 0o777) for f in tls_files} == {"0o600"}
+
+        assert asyncio.run(round_trip(server.settings)) == ["arx.ev.tls.trial.t1.proposed"]
+
+        stranger_ca = ensure_ca(tmp_path / "stranger")
+        untrusting = msgspec.structs.replace(server.settings, tls_ca=stranger_ca)
+        with pytest.raises(RuntimeError, match="certificate verify failed"):
+            asyncio.run(Bus.connect(untrusting, role="reader"))
+        in_the_clear = msgspec.structs.replace(server.settings, tls_ca=None, nats_url=server.url.replace("tls:", "nats:"))
+        with pytest.raises(RuntimeError, match="cannot connect"):
+            asyncio.run(Bus.connect(in_the_clear, role="reader"))
+    finally:
+        server.kill()
+
+
+def test_a_role_with_a_credential_the_servers_do_not_know_is_refused(nats_server, tmp_path):
+    stranger = tmp_path / "stranger.nk"
+    stranger.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    settings = msgspec.structs.replace(nats_server.settings, credentials=stranger)
+    with pytest.raises(RuntimeError, match="Authorization Violation"):
+        asyncio.run(Bus.connect(settings, role="executor"))

@@ -45,7 +45,7 @@ def test_up_script_runs_a_campaign_and_down_stops_exactly_what_it_started(tmp_pa
         )
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         pids = {p.stem: int(p.read_text()) for p in (home / "pids").glob("*.pid")}
-        assert {"nats-server", "projector", "evaluator", "executor-1"} <= set(pids)
+        assert {"nats-server", "projector", "evaluator-1", "executor-1"} <= set(pids)
 
         status = subprocess.run(
             [str(ROOT / ".venv/bin/arx"), "status", "--json"], env=env, capture_output=True, text=True, timeout=60

@@ -1,9 +1,13 @@
-"""The README's example specialist, run verbatim as its own process, joins a campaign and proposes."""
+"""The README's examples, run verbatim: the example specialist joins a campaign and proposes, and the
+"Many hosts" commands run a campaign on a 3-node cluster that loses a node."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -11,9 +15,14 @@ from bus.connection import Bus
 from cluster import ROOT, Cluster
 
 
+def readme_block(section: str, language: str) -> str:
+    """The first code block of a README section."""
+    text = (ROOT / "README.md").read_text().split(f"## {section}\n", 1)[1]
+    return re.search(rf"```{language}\n(.*?)```", text, re.S).group(1)
+
+
 def readme_specialist() -> str:
-    section = (ROOT / "README.md").read_text().split("## Adding a specialist", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return readme_block("Adding a specialist", "python")
 
 
 def test_readme_specialist_proposes_on_the_incumbent(arx_env, tmp_path):
@@ -42,3 +51,32 @@ def test_readme_specialist_proposes_on_the_incumbent(arx_env, tmp_path):
     assert '"specialist":"lower-lr"' in event and '"parent_id":"baseline"' in event
     assert "-LR = 0.01" in event and "+LR = 0.007" in event
     assert '"shown_ids":["baseline"]' in event
+
+
+def test_readme_many_hosts_commands_finish_a_campaign_while_a_node_dies(tmp_path):
+    demo = tmp_path / "demo"
+    script = readme_block("Many hosts", "bash").replace("demo=/tmp/arx-demo", f"demo={demo}")
+    run, stop = script.split("# Stop what each host started", 1)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("ARX_", "NATS_"))}
+    status_env = env | {"ARX_HOME": str(demo / "a"), "ARX_TLS_CA": str(demo / "a" / "tls" / "ca.pem"),
+                        "NATS_URL": re.search(r"export NATS_URL=(\S+)", run).group(1)}
+    try:
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", run], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        status = subprocess.run([sys.executable, str(ROOT / "arx.py"), "status", "--json"], env=status_env,
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stderr
+        exported = tmp_path / "events.jsonl"
+        summary = json.loads(status.stdout)
+        subprocess.run([sys.executable, str(ROOT / "arx.py"), "export", "--campaign", summary["campaign"],
+                        str(exported)], env=status_env, check=True, capture_output=True, timeout=120)
+    finally:
+        subprocess.run(["bash", "-c", f"demo={demo}\n" + stop.split("\n", 1)[1]], cwd=ROOT, env=env,
+                       capture_output=True, timeout=120)
+    assert summary["stopped"] and summary["in_flight"] == 0 and summary["trials_scored"] == 12, summary
+    assert summary["skipped_events"] == {}
+    # Host d's executors (their names carry the host) ran trials.
+    host = socket.gethostname().split(".")[0]
+    producers = {json.loads(line)["producer"] for line in exported.read_text().splitlines()}
+    assert {f"executor-{host}-1", f"executor-{host}-2"} & producers, producers
