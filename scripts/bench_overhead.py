@@ -42,13 +42,14 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
 
 
-async def finished_lineage(settings, roles: Roles, timeout_s: float) -> Lineage:
+async def finished_lineage(settings, roles: Roles, timeout_s: float, campaign: str = CAMPAIGN) -> Lineage:
+    """The campaign's lineage once it stopped with nothing in flight; fails fast if a role dies."""
     deadline = time.monotonic() + timeout_s
     async with await Bus.connect(settings, role="admin", name="bench-overhead") as bus:
         lineage = Lineage()
         while time.monotonic() < deadline:
             await catch_up(bus, lineage)
-            summary = views.summary(lineage, CAMPAIGN)
+            summary = views.summary(lineage, campaign)
             if summary and summary["stopped"] and summary["in_flight"] == 0:
                 return lineage
             if failed := roles.failed():
