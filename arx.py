@@ -7,6 +7,8 @@ import importlib
 import pathlib
 import sys
 
+from agents.registry import ARMS, POLICIES
+
 # subcommand -> (module, function, help). Modules are imported only when their command runs.
 COMMANDS = {
     "server": ("bus.cli", "serve", "start the embedded nats-server if none answers at NATS_URL, or a node of a cluster"),
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--task", default="digits-speedrun")
     start.add_argument("--trials", type=_positive_int, default=30)
     start.add_argument("--campaign", help="campaign id (default: <task>-<timestamp>)")
-    start.add_argument("--arm", default="lineage", choices=["lineage", "no-lineage", "generalist", "generic"])
+    start.add_argument("--arm", default="lineage", choices=ARMS)
     noise = start.add_mutually_exclusive_group()
     noise.add_argument("--noise", type=float, help="relative noise floor (default: the task's)")
     noise.add_argument("--measure-noise", type=_at_least_two, metavar="RUNS",
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--from-file", metavar="FILE", help="rebuild from this event file instead of the stream")
 
     agent = sub.add_parser("agent", help=helps["agent"])
-    agent.add_argument("--policy", default="tpe", choices=["tpe", "llm", "catalog", "combiner", "repair"])
+    agent.add_argument("--policy", default="tpe", choices=sorted(POLICIES))
     agent.add_argument("--specialist", required=True, help="this agent's name, e.g. tpe-optimizer")
     agent.add_argument("--surface", required=True, help="the task surface it may edit ('*' for all)")
     agent.add_argument("--campaign", help="campaign to work on (default: the latest running one)")

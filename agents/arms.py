@@ -12,9 +12,9 @@ import hashlib
 from dataclasses import dataclass
 
 from agents.base import ALL_PATHS, Context, path_in
+from agents.registry import ARMS
 from evaluators.spec import TaskSpec
 
-ARMS = ("lineage", "no-lineage", "generalist", "generic")
 # Policies that work on the whole campaign rather than on one surface.
 CAMPAIGN_POLICIES = ("combiner", "repair")
 

@@ -10,15 +10,8 @@ import signal
 import anyio
 
 from agents.base import Specialist
+from agents.registry import POLICIES
 
-# policy name -> "module:class". A new policy is a Specialist subclass plus one line here.
-POLICIES = {
-    "tpe": "agents.tpe:TPESpecialist",
-    "llm": "agents.llm:LLMSpecialist",
-    "catalog": "agents.catalog:CatalogSpecialist",
-    "combiner": "agents.combiner:CombinerSpecialist",
-    "repair": "agents.repair:RepairSpecialist",
-}
 # Arguments only some policies take (llm: --model, --no-lineage): passed to the classes that accept them.
 POLICY_OPTIONS = ("model", "no_lineage")
 

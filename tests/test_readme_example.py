@@ -25,13 +25,12 @@ def readme_specialist() -> str:
     return readme_block("Adding a specialist", "python")
 
 
-def test_readme_specialist_proposes_on_the_incumbent(arx_env, tmp_path):
-    script = tmp_path / "lower_lr.py"
-    script.write_text(readme_specialist())
-    cluster = Cluster(arx_env, tmp_path / "logs")
+def first_proposal_of(argv: list[str], env: dict, cwd) -> str:
+    """Start a campaign `doc`, run the agent `argv` until the lower-lr specialist's first proposal is in
+    the log, and return that event's JSON."""
+    cluster = Cluster(env, cwd / "logs")
     assert cluster.arx("campaign", "start", "--task", "digits-speedrun", "--campaign", "doc").returncode == 0
-    agent = subprocess.Popen([sys.executable, str(script)], env=arx_env, cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    agent = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         async def first_proposal():
             async with await Bus.connect(role="admin") as bus:
@@ -47,10 +46,40 @@ def test_readme_specialist_proposes_on_the_incumbent(arx_env, tmp_path):
         agent.kill()
         output = agent.communicate()[0].decode(errors="replace")
     assert msg is not None, output[-2000:]
-    event = msg.data.decode()
+    return msg.data.decode()
+
+
+def assert_lower_lr_on_the_baseline(event: str) -> None:
     assert '"specialist":"lower-lr"' in event and '"parent_id":"baseline"' in event
     assert "-LR = 0.01" in event and "+LR = 0.007" in event
     assert '"shown_ids":["baseline"]' in event
+
+
+def test_readme_specialist_proposes_on_the_incumbent(arx_env, tmp_path):
+    script = tmp_path / "lower_lr.py"
+    script.write_text(readme_specialist())
+    assert_lower_lr_on_the_baseline(first_proposal_of([sys.executable, str(script)], arx_env, tmp_path))
+
+
+def test_a_policy_added_as_the_readme_says_is_an_arx_agent_choice(arx_env, tmp_path):
+    """The README: the example class plus one line in POLICIES makes `arx agent --policy lower-lr` run it.
+    The line goes into a copy of agents/registry.py that stands in for the edited file."""
+    (tmp_path / "lower_lr.py").write_text(readme_specialist())
+    registry = (ROOT / "agents" / "registry.py").read_text()
+    assert "POLICIES = {\n" in registry
+    edited = registry.replace("POLICIES = {\n", 'POLICIES = {\n    "lower-lr": "lower_lr:LowerLR",\n')
+    launcher = (
+        "import sys, types\n"
+        "registry = types.ModuleType('agents.registry')\n"
+        f"exec({edited!r}, registry.__dict__)\n"
+        "sys.modules['agents.registry'] = registry\n"
+        "import arx\n"
+        "sys.exit(arx.main(sys.argv[1:]))\n"
+    )
+    argv = [sys.executable, "-c", launcher, "agent", "--policy", "lower-lr", "--specialist", "lower-lr",
+            "--surface", "optimizer", "--campaign", "doc"]
+    env = arx_env | {"PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    assert_lower_lr_on_the_baseline(first_proposal_of(argv, env, tmp_path))
 
 
 def test_readme_many_hosts_commands_finish_a_campaign_while_a_node_dies(tmp_path):
