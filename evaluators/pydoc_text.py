@@ -51,13 +51,19 @@ def _held_out(paragraph: str) -> bool:
 
 def _leaking(candidates: list[str], train: bytes) -> set[int]:
     """Indexes of the candidates that share a window with the training bytes: every window of every
-    candidate is looked up at every LEAK_STRIDE-th offset of the training bytes."""
+    candidate is looked up at every LEAK_STRIDE-th offset of the training bytes. A candidate shorter
+    than a common run those windows are sure to find (a heading) is looked up whole, without its indent."""
     owners: dict[bytes, list[int]] = {}
+    leaking = set()
     for index, paragraph in enumerate(candidates):
         data = paragraph.encode()
-        for i in range(max(1, len(data) - LEAK_WINDOW + 1)):
+        text = paragraph.strip().encode()  # an indented heading is the same words as the heading
+        if len(text) < LEAK_WINDOW + LEAK_STRIDE:
+            if text in train:
+                leaking.add(index)
+            continue
+        for i in range(len(data) - LEAK_WINDOW + 1):
             owners.setdefault(data[i : i + LEAK_WINDOW], []).append(index)
-    leaking = set()
     for i in range(0, max(1, len(train) - LEAK_WINDOW + 1), LEAK_STRIDE):
         leaking.update(owners.get(train[i : i + LEAK_WINDOW], ()))
     return leaking

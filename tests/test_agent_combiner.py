@@ -123,21 +123,22 @@ async def test_a_conflict_is_an_invalid_edit_outcome_not_a_crash(arx_env):
 
 
 async def test_never_merges_a_trial_with_its_ancestor_or_one_specialist_with_itself(arx_env):
+    """The two forbidden pairs hold the best scores, so the combiner meets both before the allowed one."""
     async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1")
         await score(bus, "c1", "baseline", 10.0)
         lr = set_knob(TRAIN, "LR", 0.05)
         await propose(bus, "c1", "a", "baseline", unified_diff("train.py", TRAIN, lr), specialist="tpe-optimizer")
-        await score(bus, "c1", "a", 9.0, "keep")
+        await score(bus, "c1", "a", 7.0, "keep")
+        hidden = set_knob(MODEL, "HIDDEN", 64)
+        await propose(bus, "c1", "same", "baseline", unified_diff("model.py", MODEL, hidden), specialist="tpe-optimizer")
+        await score(bus, "c1", "same", 7.5, "keep")  # the best pair with a, but the same specialist
         epochs = set_knob(lr, "EPOCHS", 20)
         await propose(bus, "c1", "child", "a", unified_diff("train.py", lr, epochs), specialist="catalog-optimizer")
-        await score(bus, "c1", "child", 8.0, "keep")  # a descendant of a: nothing to merge
-        hidden = set_knob(MODEL, "HIDDEN", 64)
-        diff = unified_diff("model.py", MODEL, hidden)
-        await propose(bus, "c1", "same", "baseline", diff, specialist="tpe-optimizer")
-        await score(bus, "c1", "same", 8.5, "keep")  # apart from a, but the same specialist
+        await score(bus, "c1", "child", 8.0, "keep")  # next best with a, but a descendant of a
         proposal = await combiner().propose(await context_now(bus))
-        assert proposal.shown_ids[:2] == ["child", "same"]  # the only pair left
+        assert proposal.shown_ids[:2] == ["same", "child"]  # the only pair left
+        assert proposal.parent_id == "same" and "+EPOCHS = 20" in proposal.diff and "LR = 0.05" in proposal.diff
 
 
 async def test_without_lineage_there_is_nothing_to_merge(arx_env):

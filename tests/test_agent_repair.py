@@ -33,15 +33,16 @@ def repair(surface: str = "*") -> RepairSpecialist:
     return RepairSpecialist(specialist="repair", surface=surface, poll_s=0.1)
 
 
-async def outcome(bus: Bus, trial_id: str, label: str, score=None, **evidence) -> None:
+async def outcome(bus: Bus, trial_id: str, label: str, score=None, *, c: str = "c1", **evidence) -> None:
     event = TrialScored(
-        event_id=f"c1-{trial_id}-outcome", campaign_id="c1", trial_id=trial_id, label=label, score=score,
+        event_id=f"{c}-{trial_id}-outcome", campaign_id=c, trial_id=trial_id, label=label, score=score,
         evidence=Evidence(stage="gates", **evidence),
     )
     await bus.publish(event)
 
 
-async def failed_child(bus: Bus, trial_id: str, edits: dict[str, dict[str, float]], label: str, **evidence) -> None:
+async def failed_child(bus: Bus, trial_id: str, edits: dict[str, dict[str, float]], label: str, *, c: str = "c1",
+                       **evidence) -> None:
     """A trial on the baseline that sets knobs ({path: {knob: value}}), with the given failure outcome."""
     diff = ""
     for path, knobs in edits.items():
@@ -49,14 +50,14 @@ async def failed_child(bus: Bus, trial_id: str, edits: dict[str, dict[str, float
         for name, value in knobs.items():
             new = set_knob(new, name, value)
         diff += unified_diff(path, BASELINE_FILES[path], new)
-    await propose(bus, "c1", trial_id, "baseline", diff, specialist="tpe-optimizer")
-    await outcome(bus, trial_id, label, **evidence)
+    await propose(bus, c, trial_id, "baseline", diff, specialist="tpe-optimizer")
+    await outcome(bus, trial_id, label, c=c, **evidence)
 
 
-async def proposal_now(bus: Bus, agent: RepairSpecialist | None = None):
+async def proposal_now(bus: Bus, agent: RepairSpecialist | None = None, c: str = "c1"):
     lineage = await folded(bus)
     agent = agent or repair()
-    context = await agent.context(lineage, views.campaign(lineage, "c1"), TASK, Trees(bus, lineage, "c1"))
+    context = await agent.context(lineage, views.campaign(lineage, c), TASK, Trees(bus, lineage, c))
     return await agent.propose(context)
 
 
@@ -160,12 +161,12 @@ async def test_a_surface_repairs_only_with_its_own_knobs_and_no_lineage_sees_no_
                            measured=10.0, limit=4.0)
         assert await proposal_now(bus, repair("optimizer")) is None  # HIDDEN is the architecture's
         assert (await proposal_now(bus, repair("architecture"))).parent_id == "big"
-    async with await Bus.connect(role="admin") as bus:
+        # The same failure in a no-lineage campaign: its repair specialist never sees it.
         await start_campaign(bus, "c9", arm="no-lineage")
-        lineage = await folded(bus)
-        agent = repair()
-        context = await agent.context(lineage, views.campaign(lineage, "c9"), TASK, Trees(bus, lineage, "c9"))
-        assert await agent.propose(context) is None
+        await outcome(bus, "baseline", "keep", 10.0, c="c9")
+        await failed_child(bus, "big", {"model.py": {"HIDDEN": 512}}, "size_blocked", c="c9", gate="size_mb",
+                           measured=10.0, limit=4.0)
+        assert await proposal_now(bus, repair("architecture"), c="c9") is None
 
 
 async def test_a_repair_that_fails_again_is_repaired_again_up_to_a_depth(campaign):

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -198,13 +199,20 @@ def test_two_executors_on_one_host_never_overlap_timed_trials_and_pin_them(arx_e
         async with await Bus.connect(role="admin") as bus:
             return [await wait_event(bus, "c1", "trial", t, "finished.*") for t in ["baseline", *trials]]
 
-    asyncio.run(publish())
     try:
         for name in ("ex-1", "ex-2"):
             cluster.start(name, "executor", "--name", name)
+        # Both wait on the queue before the first trial is there, so the work is split between them.
+        deadline = time.monotonic() + WAIT_S
+        while not all("waiting for trials" in cluster.log(name) for name in ("ex-1", "ex-2")):
+            assert time.monotonic() < deadline and not cluster.failed(), cluster.failed()
+            time.sleep(0.1)
+        asyncio.run(publish())
         runs = asyncio.run(finished())
+        assert not cluster.failed()
     finally:
         cluster.stop_all()
+    assert {run.executor for run in runs} == {"ex-1", "ex-2"}  # both ran timed trials, on one host
     spans, last_core = [], sorted(os.sched_getaffinity(0))[-1]
     for run in runs:
         # The last line is the recipe's: full <start> <end> [<cores>] <OMP_NUM_THREADS>

@@ -74,14 +74,19 @@ def test_items_are_deterministic_balanced_and_well_formed(heldout):
 
 
 def test_item_text_is_held_out_text_absent_from_the_prepared_tree(tmp_path):
+    """Every item's text lies in one held-out paragraph, and 64 bytes of that paragraph around it (the
+    whole paragraph when shorter: a short item alone may be a phrase any text has) are not in training."""
     CORE.prepare(tmp_path)
     train = b"\n".join(p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file())
-    heldout_prose = " ".join(CORE.prose(p) for p in split().heldout)
+    paragraphs = [CORE.prose(p) for p in split().heldout]
     for item in CORE.items():
         query = (item.prompts[item.answer].split(CORE.SEPARATOR)[-1] + item.continuations[item.answer])
-        assert query in heldout_prose  # built from held-out paragraphs only
-        if len(query) >= 64:
-            assert not any(query[i : i + 64].encode() in train for i in range(0, len(query) - 63, 8)), query
+        source = next((text for text in paragraphs if query in text), None)
+        assert source is not None, query  # built from held-out paragraphs only
+        at = source.index(query)
+        start = max(0, min(at - (64 - len(query)) // 2, len(source) - 64))
+        around = source[start : max(start + 64, at + len(query))]
+        assert not any(around[i : i + 64].encode() in train for i in range(0, max(1, len(around) - 63), 8)), query
 
 
 def test_core_centering_and_averaging():
@@ -144,7 +149,9 @@ def test_a_model_that_reads_ahead_is_not_causal(tmp_path, heldout):
     artifact = write_artifact(tmp_path / "artifact", ECHO_MODEL, CONTEXT=512, SHIFT=1)
     metrics = CORE.metrics(CORE.predict(artifact, inputs), targets)
     assert metrics["causal"] == 0.0 and not gate("causal").passes(metrics["causal"])
-    assert metrics["acc_language_modeling"] > 0.9  # what reading the answer would have been worth
+    # What reading the answer would have been worth: most of the LM items (a causal model of this size
+    # gets few of them).
+    assert metrics["acc_language_modeling"] > 0.8
 
 
 @pytest.mark.anyio
