@@ -264,9 +264,12 @@ async def test_an_endpoint_without_structured_output_gets_json_in_the_text(llm):
 
         async def steps():
             (row,) = await wait_for_trials(bus, "c1", SPECIALIST, 1)
+            # The JSON found in the text became the trial, with its edit.
+            assert read_knob(apply_diff(BASELINE, row["diff"])["train.py"], "VALUE") == 4.0
             llm.push(completion(ON_T1))
             await score(bus, "c1", row["trial_id"], 4.0)
-            await wait_for_trials(bus, "c1", SPECIALIST, 2)
+            rows = await wait_for_trials(bus, "c1", SPECIALIST, 2)
+            assert rows[1]["parent_id"] == row["trial_id"] and rows[1]["diff"]
 
         await run_until_stopped(agent(), bus, "c1", steps)
     assert ["response_format" in r for r in llm.requests] == [True, False, False]  # asked once, then remembered
