@@ -131,9 +131,17 @@ async def test_trials_are_scored_once_and_the_campaign_stops_at_max_trials(arx_e
         assert isinstance(stopped, CampaignStopped)
         assert (stopped.event_id, stopped.reason, stopped.trials) == ("arx.ev.c1.campaign.c1.stopped", "max_trials reached", 4)
 
-        # A second delivery of a finished trial (an executor's retry) gets no second outcome.
+        # A second delivery of a finished trial (an executor's retry) gets no second outcome. Proven in
+        # order: the evaluator takes its queue one message at a time, so once a trial finished after the
+        # retry is scored, the retry has been handled.
         await bus.publish(finished("c1", "t1", event_id="t1-finished-again", attempt=2, artifact=good_ref))
-        await asyncio.sleep(2.0)
+        marker = Outcomes()
+        await marker.subscribe(bus, "c2")
+        await start_campaign(bus, TASK, "c2", max_trials=4)
+        await propose(bus, "c2", "m1")
+        await bus.publish(finished("c2", "m1", artifact=good_ref))
+        _, after = await marker.next()
+        assert after.trial_id == "m1"
         assert outcomes.queue.empty()
         stop.set()
         await asyncio.wait_for(evaluator, WAIT_S)
