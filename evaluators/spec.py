@@ -1,5 +1,7 @@
 """Task specs: a task is a folder in evaluators/tasks/ holding task.toml, task.py and recipe/.
 
+What task.py must define is in evaluators/contract.py.
+
 Adding a task is adding a folder; nothing else in the code names a task.
 """
 
@@ -18,6 +20,8 @@ from pathlib import Path
 from types import ModuleType
 
 import msgspec
+
+from evaluators.contract import check_module
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 GATE_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -234,6 +238,9 @@ class Task:
         loader_spec = importlib.util.spec_from_file_location(f"arx_task_{self.folder.name}", path)
         module = importlib.util.module_from_spec(loader_spec)
         loader_spec.loader.exec_module(module)
+        # Once per load: an incomplete task.py is refused on every host that loads it, naming all it lacks,
+        # not by an AttributeError only at the call site (perhaps another host's) that needs the function.
+        check_module(module, self.name, self.spec.scored_from, path)
         return module
 
     def bundle(self) -> bytes:

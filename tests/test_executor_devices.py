@@ -19,6 +19,7 @@ from evaluators.campaign import start_campaign
 from evaluators.spec import load_task
 from executors.devices import CPU, CUDA, Devices, detect_devices, device_class, parse_devices
 from executors.worker import queue_name, run_executor
+from tiny_tasks import NOT_EVALUATED
 
 TASK_TOML = """
 name = "{name}"
@@ -54,7 +55,7 @@ def tasks(arx_env, tmp_path, monkeypatch):
         folder = tmp_path / "tasks" / name.replace("-", "_")
         (folder / "recipe").mkdir(parents=True)
         (folder / "task.toml").write_text(TASK_TOML.format(name=name, requires=requires, memory_mb=memory_mb))
-        (folder / "task.py").write_text("def prepare(run_dir):\n    pass\n")
+        (folder / "task.py").write_text("def prepare(run_dir):\n    pass\n" + NOT_EVALUATED)
         (folder / "recipe" / "train.py").write_text(TRAIN)
     monkeypatch.setenv("ARX_TASKS_PATH", str(tmp_path / "tasks"))
     return {name: load_task(name) for name in ("cpu-task", "gpu-task")}

@@ -25,6 +25,7 @@ from bus.connection import Bus
 from bus.events import MAX_HYPOTHESIS_BYTES, CampaignStarted, CampaignStopped, TrialProposed
 from evaluators.spec import Task, load_task
 from executors.worker import run_executor
+from tiny_tasks import NOT_EVALUATED
 
 TASK_TOML = """
 name = "tiny-task"
@@ -51,7 +52,7 @@ TASK_PY = """
 def prepare(run_dir):
     (run_dir / "data").mkdir(exist_ok=True)
     (run_dir / "data" / "input.txt").write_text("41")
-"""
+""" + NOT_EVALUATED
 
 TRAIN = """import os
 import time

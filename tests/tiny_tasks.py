@@ -16,6 +16,20 @@ from bus.events import TrialProposed, decode
 
 WAIT_S = 60.0
 
+# The evaluator's half of a task.py (evaluators/contract.py), for tasks whose tests only run executors.
+NOT_EVALUATED = """
+def heldout():
+    raise NotImplementedError("an executor-only test task")
+
+
+def predict(artifact_dir, inputs):
+    raise NotImplementedError("an executor-only test task")
+
+
+def metrics(outputs, targets):
+    raise NotImplementedError("an executor-only test task")
+"""
+
 TASK_PY = '''
 from pathlib import Path
 
