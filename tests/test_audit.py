@@ -10,7 +10,7 @@ import sys
 from bus.connection import Bus, StoredMessage
 from bus.eventfile import export_campaign, iter_file
 from bus.events import CampaignStarted, ObjectRef, SpecialistJoined, TrialProposed, TrialScored, encode
-from conftest import ROOT, SEED_RUNS
+from conftest import ROOT, SEED_RUNS, needs_seed_runs
 from projections.audit import audit, open_lineage, render_json, render_text
 from projections.lineage import Lineage
 from projections.seedruns import publish_events, tsv_events
@@ -98,6 +98,7 @@ def test_a_broken_parent_link_is_reported():
     assert "stops at t1" in render_text(audit(fold(events)))
 
 
+@needs_seed_runs
 def test_audit_is_byte_identical_across_replays(arx_env, tmp_path):
     """Two replays of the live log, and a lineage file folded from an exported copy, give the same bytes."""
     off = tsv_events(SEED_RUNS / "pg_ablation_lineage_off" / "results.tsv", "off").events

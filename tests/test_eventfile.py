@@ -14,7 +14,7 @@ from bus.events import CampaignStarted, ObjectRef, TrialProposed, TrialScored, e
 from bus.settings import load_settings
 from bus.local import LocalServer
 from cluster import Cluster
-from conftest import SEED_RUNS
+from conftest import SEED_RUNS, needs_seed_runs
 from projections.lineage import Lineage
 from projections.seedruns import publish_events, tsv_events, write_events
 
@@ -49,6 +49,7 @@ def counts(report: ImportReport) -> dict[str, int]:
     return {name: n for name, n in msgspec.structs.asdict(report).items() if n}
 
 
+@needs_seed_runs
 def test_export_import_round_trip_into_a_fresh_server(arx_env, tmp_path):
     arm_off = tsv_events(ARM_OFF, "arm-off").events
     arm_on = tsv_events(ARM_ON, "arm-on").events[:20]
@@ -84,6 +85,7 @@ def test_export_import_round_trip_into_a_fresh_server(arx_env, tmp_path):
     assert last_seq == len(arm_off)
 
 
+@needs_seed_runs
 def test_import_adds_nothing_after_the_duplicate_window(arx_env, tmp_path, monkeypatch):
     """NATS forgets message ids after the duplicate window; the import must still add nothing."""
     monkeypatch.setenv("ARX_DUPLICATE_WINDOW_S", "1")

@@ -6,7 +6,7 @@ import base64
 import re
 
 from bus.eventfile import iter_file
-from conftest import SEED_RUNS
+from conftest import SEED_RUNS, needs_seed_runs
 from projections.audit import audit
 from projections.lineage import Lineage
 from projections.report import write_html
@@ -23,6 +23,7 @@ def imported(tmp_path, run: str) -> Lineage:
     return lineage
 
 
+@needs_seed_runs
 def test_html_report_is_self_contained_and_reproducible(tmp_path):
     pages = []
     for replay in ("first", "second"):

@@ -12,7 +12,7 @@ import pytest
 
 from bus.eventfile import iter_file
 from bus.events import TrialProposed, TrialScored, encode
-from conftest import ROOT, SEED_RUNS
+from conftest import ROOT, SEED_RUNS, needs_seed_runs
 from projections.audit import audit
 from projections.lineage import Lineage
 from projections.seedruns import tsv_events, write_events
@@ -36,6 +36,7 @@ def fold_file(path: Path) -> Lineage:
     return lineage
 
 
+@needs_seed_runs
 @pytest.mark.parametrize(
     "run, trials, best, best_trial, improvement",
     [
@@ -61,6 +62,7 @@ def test_seed_runs_reproduce_the_paper_numbers(tmp_path, run, trials, best, best
     assert rows == trials + 1
 
 
+@needs_seed_runs
 def test_the_file_and_the_bus_get_the_same_events_once(arx_env, tmp_path):
     tsv = SEED_RUNS / "pg_ablation_lineage_off" / "results.tsv"
     path = tmp_path / "off.jsonl"
@@ -83,6 +85,7 @@ def test_the_file_and_the_bus_get_the_same_events_once(arx_env, tmp_path):
     assert (tmp_path / "exported.jsonl").read_bytes() == path.read_bytes()
 
 
+@needs_seed_runs
 def test_importing_is_deterministic():
     tsv = SEED_RUNS / "pg_ablation_lineage_on" / "results.tsv"
     first = [encode(e) for e in tsv_events(tsv, "on").events]
