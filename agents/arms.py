@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from agents.base import ALL_PATHS, Context, path_in
 from agents.registry import ARMS
 from evaluators.spec import TaskSpec
+from projections import views
 
 # Policies that work on the whole campaign rather than on one surface.
 CAMPAIGN_POLICIES = ("combiner", "repair")
@@ -36,10 +37,7 @@ def view_arm(arm: str) -> str:
 def draw_seed(context: Context, seed: int) -> int:
     """A seed that changes with every proposal of this specialist (its own trial count is bookkeeping
     the base keeps for trial ids too), for policies that must choose blind in the no-lineage arm."""
-    (count,) = context.lineage.db.execute(
-        "SELECT count(*) FROM trials WHERE campaign_id = ? AND specialist = ?",
-        (context.campaign_id, context.specialist),
-    ).fetchone()
+    count = views.trial_count(context.lineage, context.campaign_id, context.specialist)
     digest = hashlib.sha256(f"{seed}:{context.specialist}:{count}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 

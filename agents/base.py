@@ -21,7 +21,7 @@ from bus.connection import Bus
 from bus.events import SpecialistJoined, TrialProposed, check_token, oversize
 from bus.settings import Settings, load_settings
 from evaluators.spec import Task, TaskSpec, campaign_task
-from projections import views
+from projections import reads, views
 from projections.follow import LiveLineage
 from projections.lineage import Lineage
 from projections.views import Incumbent
@@ -115,14 +115,6 @@ def breaker_wait(recent: list[str]) -> float:
     return min(BREAKER_FIRST_S * 2 ** (streak - BREAKER_TRIALS), BREAKER_MAX_S)
 
 
-def root_trial(lineage: Lineage, campaign_id: str) -> str | None:
-    rows = lineage.query(
-        "SELECT trial_id FROM trials WHERE campaign_id = ? AND parent_id IS NULL ORDER BY proposed_seq LIMIT 1",
-        (campaign_id,),
-    )
-    return rows[0]["trial_id"] if rows else None
-
-
 class Specialist:
     """One agent process: joins a campaign and proposes trials until the campaign stops."""
 
@@ -163,8 +155,8 @@ class Specialist:
         None while the campaign's baseline trial is not in the log yet."""
         c = camp["campaign_id"]
         best = views.incumbent(lineage, c, camp["direction"])
-        parent_id = best.trial_id if best else root_trial(lineage, c)
-        if parent_id is None:
+        parent = best or views.root_trial(lineage, c)
+        if parent is None:
             return None
         return Context(
             lineage=lineage,
@@ -173,8 +165,8 @@ class Specialist:
             specialist=self.specialist,
             surface=self.surface,
             incumbent=best,
-            parent_id=parent_id,
-            files=await trees.tree(parent_id),
+            parent_id=parent.trial_id,
+            files=await trees.tree(parent.trial_id),
             trees=trees,
         )
 
@@ -218,13 +210,8 @@ class Specialist:
         """The named campaign, or the latest one that has not stopped; waits for it to start."""
         waiting = False
         while True:
-            if self.campaign_id is not None:
-                camp = views.campaign(live.lineage, self.campaign_id)
-            else:
-                rows = live.lineage.query(
-                    "SELECT campaign_id FROM campaigns WHERE stopped_at IS NULL ORDER BY started_seq DESC LIMIT 1"
-                )
-                camp = views.campaign(live.lineage, rows[0]["campaign_id"]) if rows else None
+            campaign_id = self.campaign_id if self.campaign_id is not None else views.running_campaign(live.lineage)
+            camp = views.campaign(live.lineage, campaign_id) if campaign_id is not None else None
             if camp is not None:
                 return camp
             if not waiting:
@@ -233,10 +220,7 @@ class Specialist:
             await live.changed(self.poll_s)
 
     async def _join(self, bus: Bus, lineage: Lineage, c: str) -> None:
-        joined = lineage.query(
-            "SELECT 1 FROM specialists WHERE campaign_id = ? AND specialist = ?", (c, self.specialist)
-        )
-        if not joined:
+        if not reads.has_joined(lineage, c, self.specialist):
             await bus.publish(
                 SpecialistJoined(
                     campaign_id=c,
@@ -307,15 +291,11 @@ class Specialist:
 
     @staticmethod
     def _check(lineage: Lineage, c: str, proposal: Proposal) -> None:
-        if proposal.parent_id is not None and not lineage.query(
-            "SELECT 1 FROM trials WHERE campaign_id = ? AND trial_id = ?", (c, proposal.parent_id)
-        ):
+        if proposal.parent_id is not None and not reads.has_trial(lineage, c, proposal.parent_id):
             raise ValueError(f"proposal names parent {proposal.parent_id!r}, which is not a trial of {c}")
 
     def _next_trial_id(self, lineage: Lineage, c: str) -> str:
-        (count,) = lineage.db.execute(
-            "SELECT count(*) FROM trials WHERE campaign_id = ? AND specialist = ?", (c, self.specialist)
-        ).fetchone()
+        count = views.trial_count(lineage, c, self.specialist)
         return check_token("trial", f"{self.specialist}-{count + 1:04d}-{uuid.uuid4().hex[:6]}")
 
     def _event(self, c: str, trial_id: str, parent_id: str, proposal: Proposal) -> TrialProposed:
@@ -343,9 +323,7 @@ class Specialist:
     async def _await_folded(self, live: LiveLineage, c: str, trial_id: str) -> None:
         """Count our own proposal before deciding on the next one, so max_in_flight holds."""
         with anyio.move_on_after(FOLD_TIMEOUT_S):
-            while not live.lineage.query(
-                "SELECT 1 FROM trials WHERE campaign_id = ? AND trial_id = ?", (c, trial_id)
-            ):
+            while not reads.has_trial(live.lineage, c, trial_id):
                 await live.changed(self.poll_s)
             return
         log.warning("%s: %s not seen in the log after %.0fs", self.specialist, trial_id, FOLD_TIMEOUT_S)

@@ -23,6 +23,7 @@ from agents.arms import draw_seed, sees_lineage
 from agents.base import ALL_PATHS, Context, Proposal, Specialist
 from agents.edits import EditError, diff_trees, knob_values, read_knob, set_knob
 from evaluators.spec import PLACEHOLDER, Knob, TaskSpec, Transform
+from projections import reads
 
 HYPOTHESIS = "technique {key}: {description}"
 KEY = re.compile(r"^technique (\S+): ")
@@ -158,23 +159,12 @@ def _rank(label: str | None) -> int:
 def choose(context: Context, options: list[Candidate]) -> tuple[Candidate | None, list[str]]:
     """The variant the lineage points to, and the ids of the trials that ranked it."""
     c = context.campaign_id
-    tried_here = {
-        row["diff"]
-        for row in context.lineage.query(
-            "SELECT diff FROM trials WHERE campaign_id = ? AND parent_id = ?"
-            " AND coalesce(label, '') != 'harness_abort' LIMIT ?",
-            (c, context.parent_id, MAX_CHILDREN),
-        )
-    }
+    tried_here = reads.tried_diffs(context.lineage, c, context.parent_id, MAX_CHILDREN)
     outcomes: dict[str, list[tuple[str, str | None]]] = {}  # key -> (trial, label)
-    for row in context.lineage.query(
-        "SELECT trial_id, hypothesis, label FROM trials WHERE campaign_id = ? AND policy = ?"
-        " AND coalesce(label, '') != 'harness_abort' ORDER BY proposed_seq DESC LIMIT ?",
-        (c, CatalogSpecialist.policy, MAX_HISTORY),
-    ):
-        match = KEY.match(row["hypothesis"] or "")
+    for trial in reads.policy_trials(context.lineage, c, CatalogSpecialist.policy, MAX_HISTORY):
+        match = KEY.match(trial.hypothesis or "")
         if match:
-            outcomes.setdefault(match[1], []).append((row["trial_id"], row["label"]))
+            outcomes.setdefault(match[1], []).append((trial.trial_id, trial.label))
 
     def key_rank(key: str) -> int:
         return min((_rank(label) for _, label in outcomes.get(key, [])), default=0)

@@ -19,20 +19,13 @@ from pathlib import Path
 from agents.arms import sees_lineage
 from agents.base import Context, Proposal, Specialist, path_in, surface_paths
 from agents.edits import NO_NEWLINE, knob_values
+from projections import reads, views
+from projections.views import Trial
 
 GIT_TIMEOUT_S = 30
 MAX_KEPT = 20  # the best kept trials whose pairs are considered: the same cost at any campaign size
 MAX_DEPTH = 10_000
 MERGE_ERROR = 128  # git merge-file: 0..127 conflicts, "negative" (255) on error
-
-ANCESTORS_SQL = """
-WITH RECURSIVE chain(trial_id, parent_id, depth) AS (
-    SELECT trial_id, parent_id, 0 FROM trials WHERE campaign_id = ? AND trial_id = ?
-    UNION ALL
-    SELECT t.trial_id, t.parent_id, chain.depth + 1 FROM trials t JOIN chain
-    ON t.campaign_id = ? AND t.trial_id = chain.parent_id WHERE chain.depth < ?
-) SELECT trial_id FROM chain ORDER BY depth
-"""
 
 
 @dataclass(frozen=True)
@@ -100,8 +93,7 @@ def tree_diff(old: Mapping[str, str], new: Mapping[str, str]) -> str:
 
 def ancestors(context: Context, trial_id: str) -> list[str]:
     """trial_id and its ancestors, nearest first."""
-    c = context.campaign_id
-    return [r["trial_id"] for r in context.lineage.query(ANCESTORS_SQL, (c, trial_id, c, MAX_DEPTH))]
+    return [t.trial_id for t in views.ancestors(context.lineage, context.campaign_id, trial_id, MAX_DEPTH)]
 
 
 class CombinerSpecialist(Specialist):
@@ -119,43 +111,31 @@ class CombinerSpecialist(Specialist):
             proposal = await self._merge(context, ours, theirs)
             if proposal is not None:
                 return proposal
-            self._empty.add((ours["trial_id"], theirs["trial_id"]))
+            self._empty.add((ours.trial_id, theirs.trial_id))
         return None
 
     def _pairs(self, context: Context):
         """(better, worse) kept trials of different specialists, best pairs first, never merged before."""
         c = context.campaign_id
-        order = "ASC" if context.campaign["direction"] == "min" else "DESC"
-        kept = context.lineage.query(
-            "SELECT trial_id, specialist FROM trials WHERE campaign_id = ? AND label = 'keep'"
-            f" AND score IS NOT NULL ORDER BY score {order}, outcome_seq LIMIT ?",
-            (c, MAX_KEPT),
-        )
-        tried = {
-            frozenset((row["a"], row["b"]))
-            for row in context.lineage.query(
-                "SELECT json_extract(shown_ids, '$[0]') AS a, json_extract(shown_ids, '$[1]') AS b"
-                " FROM trials WHERE campaign_id = ? AND policy = ?",
-                (c, self.policy),
-            )
-        }
+        kept = views.kept(context.lineage, c, context.campaign["direction"], MAX_KEPT)
+        tried = {frozenset(shown) for shown in reads.first_shown(context.lineage, c, self.policy)}
         for i, ours in enumerate(kept):
             for theirs in kept[i + 1 :]:
-                pair = (ours["trial_id"], theirs["trial_id"])
+                pair = (ours.trial_id, theirs.trial_id)
                 fresh = frozenset(pair) not in tried and pair not in self._empty
-                if fresh and ours["specialist"] != theirs["specialist"]:
+                if fresh and ours.specialist != theirs.specialist:
                     yield ours, theirs
 
-    async def _merge(self, context: Context, ours: dict, theirs: dict) -> Proposal | None:
+    async def _merge(self, context: Context, ours: Trial, theirs: Trial) -> Proposal | None:
         """The merge of one pair as a proposal, or None when it has nothing to add to either side."""
-        ours_chain, theirs_chain = ancestors(context, ours["trial_id"]), ancestors(context, theirs["trial_id"])
-        if ours["trial_id"] in theirs_chain or theirs["trial_id"] in ours_chain:
+        ours_chain, theirs_chain = ancestors(context, ours.trial_id), ancestors(context, theirs.trial_id)
+        if ours.trial_id in theirs_chain or theirs.trial_id in ours_chain:
             return None  # one already contains the other
         common = next((t for t in ours_chain if t in set(theirs_chain)), None)
         if common is None:
             return None
-        ours_files = await context.tree(ours["trial_id"])
-        theirs_files = await context.tree(theirs["trial_id"])
+        ours_files = await context.tree(ours.trial_id)
+        theirs_files = await context.tree(theirs.trial_id)
         merge = merge_trees(await context.tree(common), ours_files, theirs_files)
         if merge.files in (ours_files, theirs_files):
             return None
@@ -166,12 +146,12 @@ class CombinerSpecialist(Specialist):
             return None  # the merge reaches outside this combiner's surface
         return Proposal(
             hypothesis=(
-                f"Combine two kept trials: {theirs['trial_id']} ({theirs['specialist']}) merged into "
-                f"{ours['trial_id']} ({ours['specialist']}), both descending from {common}; their gains may add up."
+                f"Combine two kept trials: {theirs.trial_id} ({theirs.specialist}) merged into "
+                f"{ours.trial_id} ({ours.specialist}), both descending from {common}; their gains may add up."
             ),
             diff=diff,
-            parent_id=ours["trial_id"],
+            parent_id=ours.trial_id,
             params={} if merge.conflicts else knob_values(merge.files, context.task.spec.knobs),
-            shown_ids=[ours["trial_id"], theirs["trial_id"], common],
+            shown_ids=[ours.trial_id, theirs.trial_id, common],
             rejection=f"merge conflict in {', '.join(merge.conflicts)}" if merge.conflicts else None,
         )

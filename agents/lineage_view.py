@@ -9,23 +9,13 @@ every row shown go into the TrialProposed that follows (`shown_ids`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from bus.events import FAILURE_LABELS
-from projections import views
+from projections import view_reads, views
 from projections.lineage import Lineage
+from projections.views import Trial
 
 ARMS = ("lineage", "no-lineage")
-_FAILURES = tuple(sorted(FAILURE_LABELS))
-_COLUMNS = ("trial_id", "parent_id", "specialist", "label", "score", "delta", "hypothesis")
-_ROW = ", ".join(_COLUMNS)
-_T_ROW = ", ".join(f"t.{name}" for name in _COLUMNS)
-# A specialist's most recent outcomes, newest first: the window its failures and saturation look at.
-_OWN_RECENT = (
-    f"SELECT {_ROW}, outcome, outcome_seq, log_tail, evidence_stage, evidence_gate, evidence_measured,"
-    " evidence_limit, evidence_frame, evidence_message FROM trials"
-    " WHERE campaign_id = ? AND specialist = ? AND outcome_seq IS NOT NULL ORDER BY outcome_seq DESC LIMIT ?"
-)
 
 
 @dataclass(frozen=True)
@@ -148,98 +138,59 @@ def build_view(
 
 
 class _Queries:
-    """Each query is bounded by a LIMIT and served by an index of projections.lineage.SCHEMA."""
+    """The view's parts, each one bounded query of projections.view_reads or views."""
 
     def __init__(self, lineage: Lineage, campaign_id: str, direction: str, limits: ViewLimits):
         self.lineage = lineage
         self.c = campaign_id
-        self.order = "ASC" if direction == "min" else "DESC"
+        self.direction = direction
         self.limits = limits
-
-    def _rows(self, sql: str, params: tuple) -> list[Row]:
-        return [_row(r) for r in self.lineage.query(sql, params)]
 
     def top(self) -> list[Row]:
         # The same order as views.incumbent, so the first row is the incumbent every agent sees.
-        return self._rows(
-            f"SELECT {_ROW} FROM trials WHERE campaign_id = ? AND label = 'keep' AND score IS NOT NULL"
-            f" ORDER BY score {self.order}, outcome_seq LIMIT ?",
-            (self.c, self.limits.top),
-        )
+        return [_row(t) for t in views.kept(self.lineage, self.c, self.direction, self.limits.top)]
 
     def root(self) -> Row | None:
-        rows = self._rows(
-            f"SELECT {_ROW} FROM trials WHERE campaign_id = ? AND parent_id IS NULL ORDER BY proposed_seq LIMIT 1",
-            (self.c,),
-        )
-        return rows[0] if rows else None
+        root = views.root_trial(self.lineage, self.c)
+        return _row(root) if root else None
 
     def chain(self, trial_id: str) -> tuple[list[Row], bool]:
         """Root first; each row's delta is its score minus its parent's. True when cut at the limit."""
-        steps = self.limits.chain
-        found = self.lineage.query(
-            f"""WITH RECURSIVE up(trial_id, depth) AS (
-                SELECT ?, 0
-                UNION ALL
-                SELECT t.parent_id, up.depth + 1 FROM up JOIN trials t
-                    ON t.campaign_id = ? AND t.trial_id = up.trial_id
-                WHERE t.parent_id IS NOT NULL AND up.depth < ?
-            )
-            SELECT {_T_ROW} FROM up JOIN trials t ON t.campaign_id = ? AND t.trial_id = up.trial_id
-            ORDER BY up.depth DESC""",
-            (trial_id, self.c, steps, self.c),
-        )
-        cut = bool(found) and found[0]["parent_id"] is not None
+        found = views.ancestors(self.lineage, self.c, trial_id, self.limits.chain)[::-1]
+        cut = bool(found) and found[0].parent_id is not None
         rows = []
-        for above, r in zip([None, *found], found):
-            parent_score = above["score"] if above is not None else None
-            step = r["score"] - parent_score if r["score"] is not None and parent_score is not None else None
-            rows.append(_row({**r, "delta": step}))
+        for above, t in zip([None, *found], found):
+            parent_score = above.score if above is not None else None
+            step = t.score - parent_score if t.score is not None and parent_score is not None else None
+            rows.append(replace(_row(t), delta=step))
         return rows, cut
 
     def children(self, trial_id: str) -> tuple[list[Row], int]:
-        rows = self._rows(
-            f"SELECT {_ROW} FROM trials WHERE campaign_id = ? AND parent_id = ? ORDER BY proposed_seq DESC LIMIT ?",
-            (self.c, trial_id, self.limits.children),
-        )
-        (total,) = self.lineage.db.execute(
-            "SELECT count(*) FROM trials WHERE campaign_id = ? AND parent_id = ?", (self.c, trial_id)
-        ).fetchone()
-        return rows, total
+        rows = [_row(t) for t in view_reads.children(self.lineage, self.c, trial_id, self.limits.children)]
+        return rows, view_reads.children_count(self.lineage, self.c, trial_id)
 
     def recent(self) -> list[Row]:
-        return self._rows(
-            f"SELECT {_ROW} FROM trials WHERE campaign_id = ? AND outcome_seq IS NOT NULL"
-            " ORDER BY outcome_seq DESC LIMIT ?",
-            (self.c, self.limits.recent),
-        )
+        return [_row(t) for t in view_reads.recent_outcomes(self.lineage, self.c, self.limits.recent)]
 
     def in_flight(self) -> list[Row]:
-        return self._rows(
-            f"SELECT {_ROW} FROM trials WHERE campaign_id = ? AND outcome_seq IS NULL"
-            " ORDER BY proposed_seq DESC LIMIT ?",
-            (self.c, self.limits.in_flight),
-        )
+        return [_row(t) for t in view_reads.pending(self.lineage, self.c, self.limits.in_flight)]
 
     def failures(self, specialist: str) -> list[Failure]:
-        marks = ",".join("?" * len(_FAILURES))
-        found = self.lineage.query(
-            f"SELECT * FROM ({_OWN_RECENT}) WHERE label IN ({marks})"
-            " ORDER BY outcome_seq DESC LIMIT ?",
-            (self.c, specialist, self.limits.failure_window, *_FAILURES, self.limits.failures),
+        found = view_reads.own_failures(
+            self.lineage, self.c, specialist, self.limits.failure_window, self.limits.failures
         )
         return [
             Failure(
-                row=_row(r),
-                stage=r["evidence_stage"],
-                gate=r["evidence_gate"],
-                measured=r["evidence_measured"],
-                limit=r["evidence_limit"],
-                frame=r["evidence_frame"],
-                message=r["evidence_message"],
-                log_tail=r["log_tail"],
+                row=_row(f.trial),
+                stage=f.stage,
+                gate=f.gate,
+                measured=f.measured,
+                limit=f.limit,
+                frame=f.frame,
+                message=f.message,
+                log_tail=f.log_tail,
             )
-            for r in found
+            for f in found
         ]
 
     def saturation(self, specialist: str, incumbent: float | None, noise: float) -> Saturation | None:
@@ -247,22 +198,15 @@ class _Queries:
         if incumbent is None:
             return None
         m = self.limits.saturation
-        deltas = [
-            r["delta"]
-            for r in self.lineage.query(
-                f"SELECT delta FROM ({_OWN_RECENT})"
-                " WHERE outcome = 'TrialScored' AND delta IS NOT NULL ORDER BY outcome_seq DESC LIMIT ?",
-                (self.c, specialist, self.limits.failure_window, m),
-            )
-        ]
+        deltas = view_reads.own_scored_deltas(self.lineage, self.c, specialist, self.limits.failure_window, m)
         threshold = noise * abs(incumbent)
         if len(deltas) < m or any(abs(d) > threshold for d in deltas):
             return None
         return Saturation(trials=m, largest_move=max(abs(d) for d in deltas), threshold=threshold)
 
 
-def _row(r: dict) -> Row:
-    return Row(r["trial_id"], r["specialist"], r["label"], r["score"], r["delta"], r["hypothesis"] or "")
+def _row(t: Trial) -> Row:
+    return Row(t.trial_id, t.specialist, t.label, t.score, t.delta, t.hypothesis or "")
 
 
 # -- rendering ------------------------------------------------------------------------------

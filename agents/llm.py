@@ -26,7 +26,7 @@ from agents.base import Context, Proposal, Specialist, surface_paths
 from agents.lineage_view import ViewLimits, build_view
 from agents.llm_edits import ANSWER_SCHEMA, AnswerError, EditRules, apply_answer, parse_answer
 from bus.settings import Settings
-from projections.lineage import Lineage
+from projections import reads
 
 log = logging.getLogger("arx.agent.llm")
 
@@ -72,14 +72,6 @@ class Usage:
 
 def _count(value) -> int:
     return value if isinstance(value, int) and value > 0 else 0
-
-
-def campaign_cost(lineage: Lineage, campaign_id: str) -> float:
-    """Dollars the campaign's trials have cost so far (served by the partial index trials_by_cost)."""
-    (spent,) = lineage.db.execute(
-        "SELECT coalesce(sum(cost_usd), 0) FROM trials WHERE campaign_id = ? AND cost_usd > 0", (campaign_id,)
-    ).fetchone()
-    return spent
 
 
 def api_key() -> str:
@@ -184,7 +176,7 @@ class LLMSpecialist(Specialist):
         cap = self.settings.cost_cap_usd
         if cap is None:
             return False
-        spent = campaign_cost(context.lineage, context.campaign_id)
+        spent = reads.campaign_cost(context.lineage, context.campaign_id)
         if spent < cap:
             return False
         if not self._capped:

@@ -24,6 +24,8 @@ from agents.catalog import candidates, surface_transforms
 from agents.edits import diff_trees, knob_values, set_knob
 from agents.tpe import surface_knobs
 from evaluators.spec import Knob
+from projections import reads
+from projections.reads import Failure
 
 # label -> (the quantity to bring down, or capacity to bring back up)
 REPAIRABLE = {
@@ -37,12 +39,6 @@ DEFAULT_CUT = 0.5  # when the evidence has no measure well over the limit (a run
 CAPACITY_FACTOR = 1.5
 MAX_FAILURES = 50
 MAX_DEPTH = 3  # a repair of a repair of a repair is not repaired again
-
-FAILURES_SQL = f"""
-SELECT trial_id, parent_id, label, policy, shown_ids, evidence_gate, evidence_measured, evidence_limit
-FROM trials WHERE campaign_id = ? AND parent_id = ? AND label IN ({", ".join("?" * len(REPAIRABLE))})
-ORDER BY outcome_seq DESC LIMIT ?
-"""
 
 
 @dataclass(frozen=True)
@@ -80,12 +76,12 @@ def halfway(knob: Knob, failed: float, parent: float) -> int | float:
     return float(middle)
 
 
-def evidence(failure: dict) -> str:
+def evidence(failure: Failure) -> str:
     """`label: gate measured vs limit`, as far as the outcome says."""
-    gate, measured, limit = failure["evidence_gate"], failure["evidence_measured"], failure["evidence_limit"]
+    gate, measured, limit = failure.evidence_gate, failure.evidence_measured, failure.evidence_limit
     if gate and measured is not None and limit is not None:
-        return f"{failure['label']}: {gate} {measured:g} vs limit {limit:g}"
-    return failure["label"]
+        return f"{failure.label}: {gate} {measured:g} vs limit {limit:g}"
+    return failure.label
 
 
 def cut_factor(measured: float | None, limit: float | None) -> float:
@@ -108,56 +104,47 @@ class RepairSpecialist(Specialist):
         for failure in self._failures(context):
             fix = await self._fix(context, failure)
             if fix is None:
-                self._unfixable.add(failure["trial_id"])
+                self._unfixable.add(failure.trial_id)
                 continue
             return Proposal(
-                hypothesis=f"Repair {failure['trial_id']} ({evidence(failure)}): {fix.action}.",
+                hypothesis=f"Repair {failure.trial_id} ({evidence(failure)}): {fix.action}.",
                 diff=diff_trees(fix.parent_files, fix.files),
                 parent_id=fix.parent_id,
                 params=knob_values(fix.files, context.task.spec.knobs),
-                shown_ids=[failure["trial_id"], failure["parent_id"]],
+                shown_ids=[failure.trial_id, failure.parent_id],
             )
         return None
 
-    def _failures(self, context: Context) -> list[dict]:
+    def _failures(self, context: Context) -> list[Failure]:
         """Repairable failures of trials on the current parent, newest first, not yet repaired."""
         c = context.campaign_id
-        repaired = {
-            row["failed"]
-            for row in context.lineage.query(
-                "SELECT json_extract(shown_ids, '$[0]') AS failed FROM trials WHERE campaign_id = ? AND policy = ?",
-                (c, self.policy),
-            )
-        }
-        rows = context.lineage.query(FAILURES_SQL, (c, context.parent_id, *REPAIRABLE, MAX_FAILURES))
+        repaired = {failed for failed, _ in reads.first_shown(context.lineage, c, self.policy)}
+        found = reads.failures_on(context.lineage, c, context.parent_id, tuple(REPAIRABLE), MAX_FAILURES)
         return [
-            row for row in rows
-            if row["trial_id"] not in repaired and row["trial_id"] not in self._unfixable
-            and self._depth(context, row) < MAX_DEPTH
+            failure for failure in found
+            if failure.trial_id not in repaired and failure.trial_id not in self._unfixable
+            and self._depth(context, failure) < MAX_DEPTH
         ]
 
-    def _depth(self, context: Context, row: dict) -> int:
+    def _depth(self, context: Context, failure: Failure) -> int:
         """How many repairs deep a failed trial is (0: not a repair)."""
         depth = 0
-        while row is not None and row["policy"] == self.policy and depth < MAX_DEPTH:
+        trial: Failure | reads.Origin | None = failure
+        while trial is not None and trial.policy == self.policy and depth < MAX_DEPTH:
             depth += 1
-            rows = context.lineage.query(
-                "SELECT policy, shown_ids FROM trials WHERE campaign_id = ? AND trial_id = json_extract(?, '$[0]')",
-                (context.campaign_id, row["shown_ids"]),
-            )
-            row = rows[0] if rows else None
+            trial = reads.origin(context.lineage, context.campaign_id, trial.shown_ids)
         return depth
 
-    async def _fix(self, context: Context, failure: dict) -> Fix | None:
+    async def _fix(self, context: Context, failure: Failure) -> Fix | None:
         knobs = surface_knobs(context)
-        failed_id, parent_id = failure["trial_id"], failure["parent_id"]
+        failed_id, parent_id = failure.trial_id, failure.parent_id
         failed = await context.tree(failed_id)
-        effect = REPAIRABLE[failure["label"]]
-        technique = self._technique(context, failure["label"], failed)
+        effect = REPAIRABLE[failure.label]
+        technique = self._technique(context, failure.label, failed)
         if technique is not None:
             return Fix(failed_id, failed, technique.files, f"apply {technique.key}, a declared fix")
         if effect != "capacity":
-            factor = cut_factor(failure["evidence_measured"], failure["evidence_limit"])
+            factor = cut_factor(failure.evidence_measured, failure.evidence_limit)
             return self._scale(knobs, failed_id, failed, effect, factor, f"to bring {effect} under the limit")
         parent = await context.tree(parent_id)
         return self._revert(knobs, parent_id, parent, failed) or self._scale(

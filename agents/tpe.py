@@ -18,9 +18,10 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial, TrialState
 
 from agents.arms import draw_seed, sees_lineage
-from agents.base import Context, Proposal, Specialist, path_in, root_trial, surface_paths
+from agents.base import Context, Proposal, Specialist, path_in, surface_paths
 from agents.edits import diff_trees, knob_values, set_knob
 from evaluators.spec import Knob
+from projections import reads, views
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -31,15 +32,6 @@ MAX_HISTORY = 1000
 MAX_ASKS = 20
 PASSED_LABELS = ("keep", "discard", "within_noise")
 
-# Trials with knob values (or the root, whose values come from the bundle), in flight ones first, then
-# the most recent outcomes. Infrastructure failures (harness_abort) say nothing about the knob values.
-HISTORY_SQL = """
-SELECT trial_id, parent_id, params, label, score FROM trials WHERE campaign_id = ? AND trial_id IN (
-    SELECT trial_id FROM trials
-    WHERE campaign_id = ? AND (params != '{}' OR parent_id IS NULL) AND coalesce(label, '') != 'harness_abort'
-    ORDER BY outcome_seq IS NOT NULL, outcome_seq DESC LIMIT ?
-) ORDER BY proposed_seq
-"""
 
 
 def surface_knobs(context: Context) -> list[Knob]:
@@ -80,17 +72,16 @@ def history(context: Context, knobs: list[Knob], baseline: dict) -> tuple[list[F
 
     baseline: the knob values of the bundle, for a root trial that was proposed without params.
     """
-    c = context.campaign_id
     distributions = {k.name: distribution(k) for k in knobs}
     trials, ids = [], []
-    for row in context.lineage.query(HISTORY_SQL, (c, c, MAX_HISTORY)):
-        params = json.loads(row["params"] or "{}")
-        point = _point(params or (baseline if row["parent_id"] is None else {}), knobs)
+    for trial in reads.knob_history(context.lineage, context.campaign_id, MAX_HISTORY):
+        params = json.loads(trial.params or "{}")
+        point = _point(params or (baseline if trial.parent_id is None else {}), knobs)
         if point is None:
             continue
-        state, value = _state(row["label"], row["score"])
+        state, value = _state(trial.label, trial.score)
         trials.append(optuna.trial.create_trial(state=state, value=value, params=point, distributions=distributions))
-        ids.append(row["trial_id"])
+        ids.append(trial.trial_id)
     return trials, ids
 
 
@@ -136,8 +127,9 @@ class TPESpecialist(Specialist):
         if not knobs:
             raise ValueError(f"surface {context.surface!r} of {context.task.name} has no knobs to tune")
         if sees_lineage(context):
-            root = await context.tree(root_trial(context.lineage, context.campaign_id))
-            trials, shown = history(context, knobs, knob_values(root, knobs))
+            root = views.root_trial(context.lineage, context.campaign_id)
+            files = await context.tree(root.trial_id) if root else await context.trees.baseline()
+            trials, shown = history(context, knobs, knob_values(files, knobs))
             seed = self.seed
         else:  # the no-lineage arm: one known point is a random search, drawn afresh each time
             trials, shown = incumbent_only(context, knobs, parent), [context.parent_id]

@@ -11,6 +11,7 @@ from agents.edits import apply_diffs
 from bus import subjects
 from bus.connection import Bus
 from bus.events import CampaignStarted
+from projections import reads
 from projections.lineage import Lineage
 
 CACHED_TREES = 32
@@ -69,13 +70,10 @@ class Trees:
             if current in seen:
                 raise ValueError(f"trial {trial_id}: its parent chain loops at {current}")
             seen.add(current)
-            rows = self.lineage.query(
-                "SELECT parent_id, diff FROM trials WHERE campaign_id = ? AND trial_id = ?",
-                (self.campaign_id, current),
-            )
-            if not rows:
+            step = reads.step(self.lineage, self.campaign_id, current)
+            if step is None:
                 raise LookupError(f"trial {current} (an ancestor of {trial_id}) is not in the lineage")
-            chain.append((current, rows[0]["diff"] or ""))
-            current = rows[0]["parent_id"]
+            chain.append((current, step.diff or ""))
+            current = step.parent_id
         chain.reverse()
         return chain, current

@@ -12,6 +12,7 @@ import msgspec
 from bus.connection import Bus
 from bus.events import CampaignStarted, CampaignStopped, TrialProposed, check_token
 from evaluators.spec import Task, load_task, task_names
+from projections import views
 from projections.follow import catch_up
 from projections.lineage import Lineage
 
@@ -91,12 +92,7 @@ def default_campaign_id(task: str) -> str:
 async def running_campaign(bus: Bus, task: str | None) -> str | None:
     lineage = Lineage()
     await catch_up(bus, lineage)
-    rows = lineage.query(
-        "SELECT campaign_id FROM campaigns WHERE stopped_at IS NULL AND (? IS NULL OR task = ?)"
-        " ORDER BY started_seq DESC LIMIT 1",
-        (task, task),
-    )
-    return rows[0]["campaign_id"] if rows else None
+    return views.running_campaign(lineage, task)
 
 
 async def _main(args) -> None:

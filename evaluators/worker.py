@@ -49,7 +49,7 @@ from evaluators.sandbox import SandboxPool, SandboxResult
 from evaluators.official_log import evaluate_log
 from evaluators.spec import Task, TaskSpec, campaign_task
 from evaluators.unpack import UnsafeArtifact, unpack_artifact
-from projections import views
+from projections import reads, views
 from projections.follow import LiveLineage, catch_up
 
 log = logging.getLogger("arx.evaluator")
@@ -188,10 +188,7 @@ class Evaluator:
             await catch_up(self.bus, self.live.lineage)
 
     def _has_outcome(self, event: TrialFinished) -> bool:
-        row = self.live.lineage.db.execute(
-            "SELECT outcome FROM trials WHERE campaign_id = ? AND trial_id = ?", (event.campaign_id, event.trial_id)
-        ).fetchone()
-        return row is not None and row[0] is not None
+        return reads.has_outcome(self.live.lineage, event.campaign_id, event.trial_id)
 
     # -- one trial ----------------------------------------------------------------------------
 
@@ -309,26 +306,24 @@ class Evaluator:
         while True:
             seen = self.live.lineage.checkpoint
             try:
-                for row in self.live.lineage.query(
-                    "SELECT campaign_id, task, max_trials FROM campaigns WHERE stopped_at IS NULL"
-                ):
-                    await self._check_campaign(row)
+                for running in reads.running_campaigns(self.live.lineage):
+                    await self._check_campaign(running)
             except Exception:  # a failed publish: the next lineage change tries again
                 log.exception("campaign check failed")
             if self.live.lineage.checkpoint == seen:
                 await self.live.changed(timeout=CAMPAIGN_CHECK_S)
 
-    async def _check_campaign(self, row: dict) -> None:
-        campaign_id = row["campaign_id"]
+    async def _check_campaign(self, running: reads.Running) -> None:
+        campaign_id = running.campaign_id
         counted = views.counted_outcomes(self.live.lineage, campaign_id)
-        if counted >= row["max_trials"]:
+        if counted >= running.max_trials:
             if campaign_id not in self._stopping:
                 await self.bus.publish(
                     CampaignStopped(campaign_id=campaign_id, producer=self.name,
                                     reason="max_trials reached", trials=counted),
                 )
                 self._stopping.add(campaign_id)  # until the lineage shows the stop
-                log.info("campaign %s stopped: %d of %d trials", campaign_id, counted, row["max_trials"])
+                log.info("campaign %s stopped: %d of %d trials", campaign_id, counted, running.max_trials)
             return
         self._prepare(campaign_id)
 

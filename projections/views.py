@@ -12,6 +12,26 @@ class Incumbent(msgspec.Struct, frozen=True):
     score: float
 
 
+class Trial(msgspec.Struct, frozen=True):
+    """A trial as the agents see it in a list: who proposed what, and how it ended."""
+
+    trial_id: str
+    parent_id: str | None
+    specialist: str | None
+    label: str | None
+    score: float | None
+    delta: float | None
+    hypothesis: str | None
+
+
+TRIAL_COLUMNS = ", ".join(Trial.__struct_fields__)
+
+
+def trials(lineage: Lineage, sql: str, params: tuple = ()) -> list[Trial]:
+    """The rows of a query that selects TRIAL_COLUMNS, as Trials."""
+    return [Trial(*row) for row in lineage.db.execute(sql, params)]
+
+
 def campaign(lineage: Lineage, campaign_id: str | None = None) -> dict | None:
     """The named campaign, or the most recently started one."""
     if campaign_id is None:
@@ -25,18 +45,69 @@ def campaign(lineage: Lineage, campaign_id: str | None = None) -> dict | None:
     return row
 
 
+def running_campaign(lineage: Lineage, task: str | None = None) -> str | None:
+    """The most recently started campaign that has not stopped (optionally only of one task)."""
+    rows = lineage.db.execute(
+        "SELECT campaign_id FROM campaigns WHERE stopped_at IS NULL AND (? IS NULL OR task = ?)"
+        " ORDER BY started_seq DESC LIMIT 1",
+        (task, task),
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
 def _order(direction: str) -> str:
     return "ASC" if direction == "min" else "DESC"
 
 
+def kept(lineage: Lineage, campaign_id: str, direction: str, limit: int) -> list[Trial]:
+    """The best `limit` kept trials, best first; ties go to the earlier outcome. The first is the incumbent."""
+    return trials(
+        lineage,
+        f"SELECT {TRIAL_COLUMNS} FROM trials WHERE campaign_id = ? AND label = 'keep' AND score IS NOT NULL"
+        f" ORDER BY score {_order(direction)}, outcome_seq LIMIT ?",
+        (campaign_id, limit),
+    )
+
+
 def incumbent(lineage: Lineage, campaign_id: str, direction: str) -> Incumbent | None:
     """The best kept trial: the one every new trial must beat by more than the noise."""
-    rows = lineage.query(
-        f"SELECT trial_id, score FROM trials WHERE campaign_id = ? AND label = 'keep' AND score IS NOT NULL"
-        f" ORDER BY score {_order(direction)}, outcome_seq LIMIT 1",
+    best = kept(lineage, campaign_id, direction, 1)
+    return Incumbent(best[0].trial_id, best[0].score) if best else None
+
+
+def root_trial(lineage: Lineage, campaign_id: str) -> Trial | None:
+    """The campaign's root: its first trial proposed without a parent (the baseline)."""
+    found = trials(
+        lineage,
+        f"SELECT {TRIAL_COLUMNS} FROM trials WHERE campaign_id = ? AND parent_id IS NULL ORDER BY proposed_seq LIMIT 1",
         (campaign_id,),
     )
-    return Incumbent(rows[0]["trial_id"], rows[0]["score"]) if rows else None
+    return found[0] if found else None
+
+
+def ancestors(lineage: Lineage, campaign_id: str, trial_id: str, steps: int) -> list[Trial]:
+    """The trial and up to `steps` of its ancestors, nearest first (empty when the trial is unknown)."""
+    return trials(
+        lineage,
+        f"""WITH RECURSIVE chain(trial_id, parent_id, depth) AS (
+            SELECT trial_id, parent_id, 0 FROM trials WHERE campaign_id = ? AND trial_id = ?
+            UNION ALL
+            SELECT t.trial_id, t.parent_id, chain.depth + 1 FROM trials t JOIN chain
+                ON t.campaign_id = ? AND t.trial_id = chain.parent_id WHERE chain.depth < ?
+        )
+        SELECT {", ".join(f"t.{name}" for name in Trial.__struct_fields__)} FROM chain
+            JOIN trials t ON t.campaign_id = ? AND t.trial_id = chain.trial_id
+        ORDER BY chain.depth""",
+        (campaign_id, trial_id, campaign_id, steps, campaign_id),
+    )
+
+
+def trial_count(lineage: Lineage, campaign_id: str, specialist: str) -> int:
+    """How many trials the specialist has proposed in the campaign (its trial numbering)."""
+    (n,) = lineage.db.execute(
+        "SELECT count(*) FROM trials WHERE campaign_id = ? AND specialist = ?", (campaign_id, specialist)
+    ).fetchone()
+    return n
 
 
 def counted_outcomes(lineage: Lineage, campaign_id: str) -> int:
@@ -100,11 +171,8 @@ def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 1
     (scored,) = lineage.db.execute(
         "SELECT count(*) FROM trials WHERE campaign_id = ? AND outcome = 'TrialScored'", (c,)
     ).fetchone()
-    baseline = lineage.query(
-        "SELECT score FROM trials WHERE campaign_id = ? AND parent_id IS NULL ORDER BY proposed_seq LIMIT 1",
-        (c,),
-    )
-    baseline_score = baseline[0]["score"] if baseline else None
+    baseline = root_trial(lineage, c)
+    baseline_score = baseline.score if baseline else None
     best = incumbent(lineage, c, camp["direction"])
     last = lineage.query(
         "SELECT trial_id, specialist, label, score, delta, hypothesis FROM trials"
