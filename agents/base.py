@@ -145,6 +145,9 @@ class Specialist:
         self.seed = seed
         self.settings = settings or load_settings()
         self.poll_s = poll_s
+        # The log position up to which this specialist has made every decision it would make: it has
+        # proposed all it will for the events before it. Observers (tests) prove an absence with it.
+        self.settled_seq = 0
 
     async def propose(self, context: Context) -> Proposal | None:
         """The policy: a proposal, or None when it has nothing to try right now."""
@@ -236,12 +239,14 @@ class Specialist:
             camp = views.campaign(live.lineage, c)
             if camp["stopped_at"] is not None:
                 return
+            seen = live.lineage.checkpoint
             if self._has_room(live.lineage, camp):
                 await self._breaker(live, c)
                 trial_id = await self._propose_once(bus, live.lineage, camp, task, trees)
                 if trial_id is not None:
                     await self._await_folded(live, c, trial_id)
                     continue
+            self.settled_seq = seen
             await live.changed(self.poll_s)
 
     async def _breaker(self, live: LiveLineage, c: str) -> None:

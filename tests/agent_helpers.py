@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from functools import partial
 
 import anyio
 
+from agents.base import Specialist
 from agents.edits import knob_values
 from agents.trees import bundle_files
 from bus.connection import Bus
-from bus.events import CampaignStarted, CampaignStopped, TrialAbandoned, TrialProposed, TrialScored
+from bus.events import (
+    CampaignStarted, CampaignStopped, SpecialistJoined, TrialAbandoned, TrialProposed, TrialScored,
+)
 from evaluators.spec import Task, load_task
 from executors.worker import run_executor
 from projections.follow import catch_up
@@ -116,7 +120,15 @@ async def wait_for_trials(bus: Bus, c: str, specialist: str, count: int, timeout
     return rows
 
 
-async def stays_at(bus: Bus, c: str, specialist: str, count: int, seconds: float = 1.0) -> bool:
-    """True if the specialist still has exactly `count` trials after `seconds`."""
-    await anyio.sleep(seconds)
-    return len(await trials_of(bus, c, specialist)) == count
+async def stays_at(bus: Bus, agent: Specialist, c: str, count: int, timeout: float = 15.0) -> bool:
+    """True if the agent has exactly `count` trials once it has settled past a marker published now:
+    the absence of more is proven in the log's order, not by waiting a while."""
+    await bus.publish(SpecialistJoined(campaign_id="markers", producer="test", specialist=f"m{uuid.uuid4().hex[:8]}",
+                                       surface="*", policy="marker"))
+    marker = await bus.last_seq()
+    with anyio.fail_after(timeout):
+        while agent.settled_seq < marker:
+            await anyio.sleep(0.02)
+    return len(await trials_of(bus, c, agent.specialist)) == count
+
+

@@ -89,29 +89,32 @@ async def test_respects_max_in_flight_and_a_restart_carries_on(arx_env):
         await start_campaign(bus, "c1")
         await score(bus, "c1", "baseline", 10.0)
 
+        first = stepper(max_in_flight=2)
+
         async def steps():
             rows = await wait_for_trials(bus, "c1", "stepper", 2)
-            assert await stays_at(bus, "c1", "stepper", 2)
+            assert await stays_at(bus, first, "c1", 2)
             assert [r["trial_id"][:13] for r in rows] == ["stepper-0001-", "stepper-0002-"]
             assert all(r["parent_id"] == "baseline" and r["policy"] == "step" for r in rows)
             assert rows[0]["shown_ids"] == '["baseline"]'
 
-        first = stepper(max_in_flight=2)
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(first.run)
                 await steps()
                 tg.cancel_scope.cancel()  # the process dies; its trials stay in flight
 
+        second = stepper(max_in_flight=2)
+
         async def after_restart():
             # The new process counts the two in-flight trials from the log and waits.
-            assert await stays_at(bus, "c1", "stepper", 2)
+            assert await stays_at(bus, second, "c1", 2)
             await score(bus, "c1", (await trials_of(bus, "c1", "stepper"))[0]["trial_id"], 11.0, "discard")
             rows = await wait_for_trials(bus, "c1", "stepper", 3)
             assert rows[2]["trial_id"].startswith("stepper-0003-")
 
-        assert await run_until_stopped(stepper(max_in_flight=2), bus, "c1", after_restart) == "c1"
-        assert await stays_at(bus, "c1", "stepper", 3, seconds=0.3)
+        assert await run_until_stopped(second, bus, "c1", after_restart) == "c1"
+        assert len(await trials_of(bus, "c1", "stepper")) == 3  # and it has exited: no more can come
         joined = await joined_events(bus, "c1")
         assert [(e.specialist, e.surface, e.policy) for e in joined] == [("stepper", "optimizer", "step")]
 
@@ -121,18 +124,20 @@ async def test_stops_proposing_when_the_budget_is_used(arx_env):
         await start_campaign(bus, "c1", max_trials=3)
         await score(bus, "c1", "baseline", 10.0)
 
+        agent = stepper(max_in_flight=5)
+
         async def steps():
             # 1 counted outcome + 2 in flight = 3: the budget is used although max_in_flight is 5.
             rows = await wait_for_trials(bus, "c1", "stepper", 2)
-            assert await stays_at(bus, "c1", "stepper", 2)
+            assert await stays_at(bus, agent, "c1", 2)
             await score(bus, "c1", rows[0]["trial_id"], 12.0, "discard")
-            assert await stays_at(bus, "c1", "stepper", 2)
+            assert await stays_at(bus, agent, "c1", 2)
             # An abandoned trial does not count against the budget, so its place is free again.
             await abandon(bus, "c1", rows[1]["trial_id"])
             await wait_for_trials(bus, "c1", "stepper", 3)
-            assert await stays_at(bus, "c1", "stepper", 3)
+            assert await stays_at(bus, agent, "c1", 3)
 
-        await run_until_stopped(stepper(max_in_flight=5), bus, "c1", steps)
+        await run_until_stopped(agent, bus, "c1", steps)
 
 
 async def test_proposes_against_the_incumbent_tree_rebuilt_from_the_chain(arx_env):

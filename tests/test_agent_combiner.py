@@ -87,15 +87,17 @@ async def test_merges_the_best_pair_into_the_better_trial_once(arx_env):
         assert read_knob(merged["train.py"], "LR") == 0.05 and read_knob(merged["model.py"], "HIDDEN") == 128
         assert proposal.params["LR"] == 0.05 and proposal.params["HIDDEN"] == 128
 
+        agent = combiner()
+
         async def steps():
             (row,) = await wait_for_trials(bus, "c1", "combiner", 1)
             assert row["diff"] == proposal.diff and row["policy"] == "combiner"
             await score(bus, "c1", row["trial_id"], 9.5, "discard")
-            assert await stays_at(bus, "c1", "combiner", 1)  # the pair was tried: never again
+            assert await stays_at(bus, agent, "c1", 1)  # the pair was tried: never again
 
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(combiner().run)
+                tg.start_soon(agent.run)
                 await steps()
                 await stop_campaign(bus, "c1")
 
@@ -103,6 +105,8 @@ async def test_merges_the_best_pair_into_the_better_trial_once(arx_env):
 async def test_a_conflict_is_an_invalid_edit_outcome_not_a_crash(arx_env):
     async with await Bus.connect(role="admin") as bus:
         await two_kept_branches(bus, model_edit=False)
+
+        agent = combiner()
 
         async def steps():
             with anyio.fail_after(15):
@@ -113,11 +117,11 @@ async def test_a_conflict_is_an_invalid_edit_outcome_not_a_crash(arx_env):
             assert row["evidence_message"] == "merge conflict in train.py"
             assert "<<<<<<< ours" in row["diff"]
             assert json.loads(row["shown_ids"])[:2] == ["c-arch", "t-lr"]
-            assert await stays_at(bus, "c1", "combiner", 1)
+            assert await stays_at(bus, agent, "c1", 1)
 
         with anyio.fail_after(30):
             async with executor_beside(bus), anyio.create_task_group() as tg:
-                tg.start_soon(combiner().run)
+                tg.start_soon(agent.run)
                 await steps()
                 await stop_campaign(bus, "c1")
 

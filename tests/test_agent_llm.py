@@ -240,9 +240,10 @@ async def test_a_failed_apply_is_fed_back_and_a_bounded_number_of_retries_ends_i
             second = (await wait_for_trials(bus, "c1", SPECIALIST, 2))[1]
             assert second["diff"] == ""
             await wait_for_label(bus, "c1", second["trial_id"])
-            assert await stays_at(bus, "c1", SPECIALIST, 2, seconds=0.3)
+            assert await stays_at(bus, llm_agent, "c1", 2)
 
-        await run_until_stopped(agent(), bus, "c1", steps, executor=True)
+        llm_agent = agent()
+        await run_until_stopped(llm_agent, bus, "c1", steps, executor=True)
         second = (await folded(bus)).query(
             "SELECT * FROM trials WHERE specialist = ? ORDER BY proposed_seq DESC LIMIT 1", (SPECIALIST,)
         )[0]
@@ -315,9 +316,10 @@ async def test_the_cost_cap_stops_proposals(llm, monkeypatch, caplog):
             (row,) = await wait_for_trials(bus, "c1", SPECIALIST, 1)
             assert row["cost_usd"] == pytest.approx(0.0012)
             await score(bus, "c1", row["trial_id"], 6.0, "discard")  # room for another trial, but no money
-            assert await stays_at(bus, "c1", SPECIALIST, 1, seconds=1.0)
+            assert await stays_at(bus, llm_agent, "c1", 1)
 
-        await run_until_stopped(agent(), bus, "c1", steps)
+        llm_agent = agent()
+        await run_until_stopped(llm_agent, bus, "c1", steps)
     assert len(llm.requests) == 1 and llm.pending() == 1
     assert "its cost cap is $0.0010: no more proposals until it stops" in caplog.text
 

@@ -127,18 +127,19 @@ async def test_repairs_each_failure_once_newest_first_and_only_on_the_incumbent(
         rows = await wait_for_trials(campaign, "c1", "repair", 2)
         assert json.loads(rows[1]["shown_ids"])[0] == "old"
         await outcome(campaign, rows[1]["trial_id"], "keep", 9.0)
-        assert await stays_at(campaign, "c1", "repair", 2)  # each failure once
+        assert await stays_at(campaign, agent, "c1", 2)  # each failure once
         # A failure on the new incumbent is repaired; one on a parent that is no longer the incumbent is not.
         await propose(campaign, "c1", "stale", "baseline", "", specialist="tpe-optimizer")
         await outcome(campaign, "stale", "disqualified", gate="accuracy", measured=0.5, limit=0.96)
         await failed_child_of(campaign, rows[1]["trial_id"], "fresh")
         rows = await wait_for_trials(campaign, "c1", "repair", 3)
         assert json.loads(rows[2]["shown_ids"])[0] == "fresh" and rows[2]["parent_id"] == "fresh"
-        assert await stays_at(campaign, "c1", "repair", 3)
+        assert await stays_at(campaign, agent, "c1", 3)
 
+    agent = repair()
     with anyio.fail_after(40):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(repair().run)
+            tg.start_soon(agent.run)
             await steps()
             await stop_campaign(campaign, "c1")
     # A restarted agent reads the same lineage: nothing left to repair.
