@@ -99,8 +99,9 @@ def test_killed_executor_loses_its_trial_to_another_and_it_is_scored_once(cluste
         async with await Bus.connect(role="admin") as bus:
             await outcome(bus, "kill", "baseline")
             await bus.publish(proposal("kill", "slow", edit("SLEEP = 0.0", "SLEEP = 2.5")))
-            while (await bus.last_event("arx.ev.kill.trial.slow.started.*")) is None:
-                await asyncio.sleep(0.05)
+            async with asyncio.timeout(60):
+                while (await bus.last_event("arx.ev.kill.trial.slow.started.*")) is None:
+                    await asyncio.sleep(0.05)
             cluster.kill("executor-a")  # SIGKILL mid-trial: its message stays unacked
             cluster.start("executor-b", "executor", "--name", "executor-b")
             scored = await outcome(bus, "kill", "slow", timeout=60)
