@@ -1,7 +1,7 @@
 """`arx import-tsv`: a seed-release results.tsv (one row per trial) as arx events.
 
-Per campaign: CampaignStarted (task, score field and direction read from the header; no recipe bundle
-and no diffs were released), one SpecialistJoined per specialist, and CampaignStopped at the end, so
+Per campaign: CampaignStarted (the score column and its direction read from the file itself, see
+`score_column` and `direction_of`; no recipe bundle and no diffs were released), one SpecialistJoined per specialist, and CampaignStopped at the end, so
 no agent mistakes an imported campaign for a running one. Per row: one TrialProposed (specialist,
 parent_exp, hypothesis, expected_delta, domain as surface, an empty diff) and exactly one TrialScored
 (status as label, the score, timings as metrics, notes as evidence, baseline_exp as incumbent). The
@@ -24,6 +24,7 @@ import asyncio
 import csv
 import datetime as dt
 import hashlib
+import json
 import math
 import os
 import re
@@ -48,15 +49,11 @@ from bus.events import (
     encode,
 )
 
-# The score column -> (task, direction), in the order they are looked for: the val_bpb and
-# core_metric layouts also have a train_s timing column.
-SCORE_FIELDS = {
-    "val_bpb": ("parameter-golf", "min"),
-    "core_metric": ("nanochat", "max"),
-    "train_s": ("cifar10-airbench96", "min"),
-}
 REQUIRED = ("exp_id", "timestamp", "specialist", "parent_exp", "domain", "hypothesis", "expected_delta", "status")
-METRICS = ("delta_vs_best", "artifact_bytes", "train_s", "eval_s", "total_s", "accuracy")
+# Columns that describe a trial; every other column holds a measurement (the score, or a side metric).
+DESCRIPTIVE = (*REQUIRED, "baseline_exp", "job_name", "snapshot_path", "notes")
+# best.json's keys that describe the best trial rather than measure it.
+BEST_DESCRIPTIVE = {"exp_id", "specialist", "domain", "hypothesis", "timestamp", "snapshot_path", "delta_vs_prev"}
 BASELINE = "baseline"
 UNPARSED = "unparsed"
 PRODUCER = "arx-import-tsv"
@@ -71,8 +68,11 @@ _FRAME = re.compile(r"\(([^()\s]+:\d+ in [^()]+)\)\s*$")
 class Layout(NamedTuple):
     columns: list[str]
     score: str
-    task: str
-    direction: str
+
+    @property
+    def metrics(self) -> list[str]:
+        """The side metrics: every measuring column but the score."""
+        return [name for name in self.columns if name not in DESCRIPTIVE and name != self.score]
 
 
 class Imported(NamedTuple):
@@ -82,15 +82,59 @@ class Imported(NamedTuple):
     dropped: int  # rows kept with their outcome but with a descriptive field left empty
 
 
-def read_layout(header: Sequence[str], source: str) -> Layout:
-    """The header's layout; an unknown one is a clear error naming the columns it lacks."""
+def check_header(header: Sequence[str], source: str) -> None:
+    """A clear error naming the columns a seed-release results.tsv must have and this one lacks."""
     missing = [name for name in REQUIRED if name not in header]
-    score = next((name for name in SCORE_FIELDS if name in header), None)
-    if score is None:
-        missing.append(f"a score column ({' or '.join(SCORE_FIELDS)})")
     if missing:
         raise ValueError(f"{source}: not a seed-release results.tsv, missing columns: {', '.join(missing)}")
-    return Layout(list(header), score, *SCORE_FIELDS[score])
+
+
+def score_column(header: Sequence[str], raw_rows: list[list[str]], best: dict | None, source: str) -> str:
+    """The column the run was scored on, from the file itself: the one measurement its best.json
+    records, else the first column after `status` that holds a number in the baseline row (the
+    release writes the score there). Never guessed from the names of metrics we happen to know."""
+    if best:
+        named = [key for key in best if key in header and key not in DESCRIPTIVE and key not in BEST_DESCRIPTIVE]
+        if len(named) == 1:
+            return named[0]
+    baseline = next((raw for raw in raw_rows if dict(zip(header, raw)).get("status", "").strip() == BASELINE), None)
+    if baseline is not None:
+        for name, value in list(zip(header, baseline))[list(header).index("status") + 1 :]:
+            if name not in DESCRIPTIVE and _number(name, value, []) is not None:
+                return name
+    raise ValueError(f"{source}: cannot tell which column is the score (no best.json naming it, no baseline "
+                     "row with a number after status): give --metric NAME")
+
+
+def direction_of(rows: list["_Row"], best: dict | None, score: str, source: str) -> str:
+    """min or max, from the run itself: a keep beats the incumbent, so the last kept score (or the
+    best.json score) lies on the better side of the baseline's."""
+    baseline = next((row.score for row in rows if row.status == BASELINE and row.score is not None), None)
+    kept = [row.score for row in rows if row.label == "keep" and row.status != BASELINE and row.score is not None]
+    best_score = _number(score, str(best.get(score, "")), []) if best else None
+    better = best_score if best_score is not None else (kept[-1] if kept else None)
+    if baseline is None or better is None or better == baseline:
+        raise ValueError(f"{source}: cannot tell whether a lower or a higher {score} is better (no baseline, or "
+                         "no kept trial that differs from it): give --direction min|max")
+    return "min" if better < baseline else "max"
+
+
+def read_best(tsv: Path) -> dict | None:
+    """The release's best.json beside the results.tsv, if there is one that parses."""
+    try:
+        best = json.loads((tsv.parent / "best.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return best if isinstance(best, dict) else None
+
+
+def run_name(tsv: Path) -> str:
+    """The run the file belongs to, as the task an imported campaign names: its folder (above the
+    release's `blackboard/`)."""
+    folder = tsv.absolute().parent
+    if folder.name == "blackboard":
+        folder = folder.parent
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", folder.name).strip("-") or "imported"
 
 
 def trial_id(text: str) -> str | None:
@@ -162,7 +206,7 @@ class _Row:
             self.problems.append(f"status {self.status} without a {layout.score}")
         self.metrics = {
             name: value
-            for name in METRICS
+            for name in layout.metrics
             if (value := _number(name, get(name), self.dropped)) is not None
         }
 
@@ -207,8 +251,8 @@ class _Row:
         return Evidence(stage="import", message=message, frame=frame.group(1) if frame else None)
 
 
-def read_rows(path: Path) -> tuple[Layout, list[tuple[int, list[str]]]]:
-    """The layout and the (line number, fields) of each data row, as a standard TSV reader sees them."""
+def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the (line number, fields) of each data row, as a standard TSV reader sees them."""
     csv.field_size_limit(sys.maxsize)
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t", strict=False)
@@ -216,19 +260,26 @@ def read_rows(path: Path) -> tuple[Layout, list[tuple[int, list[str]]]]:
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{path}: empty file, no header")
-            layout = read_layout(header, str(path))
+            check_header(header, str(path))
             rows = [(reader.line_num, raw) for raw in reader if any(field.strip() for field in raw)]
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
     if not rows:
         raise ValueError(f"{path}: a header but no rows")
-    return layout, rows
+    return header, rows
 
 
-def tsv_events(path: Path | str, campaign_id: str) -> Imported:
-    """Every event of the imported campaign, in publishing order."""
+def tsv_events(path: Path | str, campaign_id: str, *, metric: str | None = None, direction: str | None = None,
+               task: str | None = None) -> Imported:
+    """Every event of the imported campaign, in publishing order. `metric` and `direction` override
+    what the file says; `task` names the task (default: the run's folder)."""
     check_token("campaign", campaign_id)
-    layout, raw_rows = read_rows(Path(path))
+    path = Path(path)
+    header, raw_rows = read_rows(path)
+    best = read_best(path)
+    if metric is not None and metric not in header:
+        raise ValueError(f"{path}: --metric {metric} is not a column ({', '.join(header)})")
+    layout = Layout(list(header), metric or score_column(header, [raw for _, raw in raw_rows], best, str(path)))
     start = next((t for _, raw in raw_rows if (t := _first_time(raw, layout))), EPOCH)
     rows: list[_Row] = []
     seen: dict[str, int] = {}
@@ -243,8 +294,9 @@ def tsv_events(path: Path | str, campaign_id: str) -> Imported:
         last_time = row.time
     trials = sum(row.status != BASELINE for row in rows)
     started = CampaignStarted(
-        campaign_id=campaign_id, occurred_at=start, producer=PRODUCER,
-        task=layout.task, metric=layout.score, direction=layout.direction, max_trials=trials,
+        campaign_id=campaign_id, occurred_at=start, producer=PRODUCER, task=task or run_name(path),
+        metric=layout.score, direction=direction or direction_of(rows, best, layout.score, str(path)),
+        max_trials=trials,
         bundle=NO_BUNDLE, spec={"imported": "seed-release results.tsv", "columns": layout.columns},
     )
     events: list[Event] = [started, *_joins(rows, started)]
@@ -320,7 +372,7 @@ async def publish_events(bus: Bus, events: list[Event]) -> ImportReport:
 
 
 def cli(args) -> int:
-    imported = tsv_events(args.tsv, args.campaign)
+    imported = tsv_events(args.tsv, args.campaign, metric=args.metric, direction=args.direction, task=args.task)
     summary = (
         f"{args.campaign}: {imported.rows} rows ({imported.unparsed} unparsed, {imported.dropped} with a field"
         f" dropped) as {len(imported.events)} events"

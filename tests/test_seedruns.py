@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -54,7 +55,8 @@ def test_seed_runs_reproduce_the_paper_numbers(tmp_path, run, trials, best, best
     assert (a["trials"], a["baseline_score"], a["best_score"], a["best_trial"], a["improvement_pct"]) == (
         trials, 1.081, best, best_trial, improvement,
     )
-    assert (a["direction"], a["metric"], a["task"], a["in_flight"]) == ("min", "val_bpb", "parameter-golf", 0)
+    # The score column and its direction come from the file; the task is the run's folder.
+    assert (a["direction"], a["metric"], a["task"], a["in_flight"]) == ("min", "val_bpb", run, 0)
     assert a["labels"] == dict(file_labels(tsv))
     assert a["domain"]["note"] == "no diffs recorded"
     # One proposal and one outcome per row: the baseline is the one trial the count leaves out.
@@ -97,18 +99,72 @@ def test_unknown_layout_names_the_missing_columns(tmp_path):
     tsv = tmp_path / "results.tsv"
     header = "exp_id timestamp specialist parent_exp domain hypothesis expected_delta score".split()
     tsv.write_text("\t".join(header) + "\n" + "\t".join("12345678") + "\n")
-    missing = r"missing columns: status, a score column \(val_bpb or core_metric or train_s\)"
-    with pytest.raises(ValueError, match=missing):
+    with pytest.raises(ValueError, match="missing columns: status$"):
         tsv_events(tsv, "x")
 
 
-def test_direction_comes_from_the_score_column(tmp_path):
-    tsv = tmp_path / "results.tsv"
-    header = [c if c != "val_bpb" else "core_metric" for c in HEADER]
-    tsv.write_text("\t".join(header) + "\n" + "\t".join(["000", "2026-01-01T00:00:00Z", "baseline", "", "", "baseline",
-                                                         "seed", "0", "baseline", "0.25"] + [""] * 8) + "\n")
-    started = tsv_events(tsv, "core").events[0]
-    assert (started.metric, started.direction) == ("core_metric", "max")
+# A NanoChat-like layout: the score (higher is better) right after status, val_bpb beside it as a side metric.
+NANOCHAT = ("exp_id timestamp specialist parent_exp baseline_exp domain hypothesis expected_delta status core_metric"
+            " val_bpb train_s job_name snapshot_path notes").split()
+
+
+def write_run(folder: Path, header: list[str], rows: list[dict], best: dict | None = None) -> Path:
+    """A results.tsv (and best.json) of the release's shape; each row gives only the fields it sets."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["\t".join(header)] + ["\t".join(r.get(c, "") for c in header) for r in rows]
+    (folder / "results.tsv").write_text("\n".join(lines) + "\n")
+    if best is not None:
+        (folder / "best.json").write_text(json.dumps(best))
+    return folder / "results.tsv"
+
+
+def nanochat_rows(core: tuple[str, str, str] = ("0.16", "0.18", "0.15")) -> list[dict]:
+    base = {"timestamp": "2026-01-01T00:00:00Z", "specialist": "opt", "domain": "opt", "hypothesis": "h",
+            "expected_delta": "0", "baseline_exp": "000", "parent_exp": "000"}
+    return [
+        {**base, "exp_id": "000", "specialist": "baseline", "parent_exp": "", "status": "baseline",
+         "core_metric": core[0], "val_bpb": "0.90"},
+        {**base, "exp_id": "001", "status": "keep", "core_metric": core[1], "val_bpb": "0.95", "train_s": "600"},
+        {**base, "exp_id": "002", "status": "discard", "core_metric": core[2], "val_bpb": "0.85"},
+    ]
+
+
+def test_the_score_and_its_direction_come_from_the_file_not_from_known_names(tmp_path):
+    # The first measurement after status, higher is better since the kept trial went up: not val_bpb.
+    started, *_ = tsv_events(write_run(tmp_path / "nano", NANOCHAT, nanochat_rows()), "nano").events
+    assert (started.metric, started.direction, started.task) == ("core_metric", "max", "nano")
+    scored = [e for e in tsv_events(tmp_path / "nano" / "results.tsv", "nano").events if isinstance(e, TrialScored)]
+    assert scored[1].score == 0.18 and scored[1].metrics == {"val_bpb": 0.95, "train_s": 600.0}
+
+    # Reordered, with val_bpb right after status: the run's best.json names the score it was judged on.
+    reordered = [c for c in NANOCHAT if c != "core_metric"]
+    reordered.insert(reordered.index("notes"), "core_metric")
+    best = {"exp_id": "001", "specialist": "opt", "core_metric": 0.18, "delta_vs_prev": "+0.02"}
+    started = tsv_events(write_run(tmp_path / "re" / "blackboard", reordered, nanochat_rows(), best), "re").events[0]
+    assert (started.metric, started.direction, started.task) == ("core_metric", "max", "re")
+
+    # Renamed and lower-is-better: a kept trial below the baseline says so.
+    renamed = [c if c != "core_metric" else "loss" for c in NANOCHAT]
+    rows = [{("loss" if k == "core_metric" else k): v for k, v in r.items()} for r in nanochat_rows(("2.0", "1.5", "2.5"))]
+    started = tsv_events(write_run(tmp_path / "loss", renamed, rows), "loss").events[0]
+    assert (started.metric, started.direction) == ("loss", "min")
+
+
+def test_an_undecidable_score_or_direction_names_the_flag_to_give(tmp_path):
+    no_number = nanochat_rows()
+    no_number[0] = {**no_number[0], "core_metric": "", "val_bpb": ""}
+    tsv = write_run(tmp_path / "a", NANOCHAT, no_number)
+    with pytest.raises(ValueError, match="cannot tell which column is the score .*: give --metric NAME"):
+        tsv_events(tsv, "a")
+    no_keep = [r for r in nanochat_rows() if r["status"] != "keep"]
+    tsv = write_run(tmp_path / "b", NANOCHAT, no_keep)
+    with pytest.raises(ValueError, match="lower or a higher core_metric is better .*: give --direction min\\|max"):
+        tsv_events(tsv, "b")
+    # The flags decide where the file cannot, and override it where it can.
+    started = tsv_events(tsv, "b", metric="val_bpb", direction="min", task="nanochat").events[0]
+    assert (started.metric, started.direction, started.task) == ("val_bpb", "min", "nanochat")
+    with pytest.raises(ValueError, match="--metric nope is not a column"):
+        tsv_events(tsv, "b", metric="nope")
 
 
 def row(exp_id: str, status: str, score: str = "", *, parent: str = "exp_000", expected: str = "-0.001",
@@ -172,3 +228,16 @@ def test_messy_rows_are_kept_with_labels_that_say_so(tmp_path):
     joined = [e.specialist for e in imported.events if e.__class__.__name__ == "SpecialistJoined"]
     assert joined == ["opt"]
 
+
+
+def test_arx_import_tsv_says_which_flag_to_give_and_takes_it(tmp_path):
+    tsv = write_run(tmp_path / "run", NANOCHAT, [r for r in nanochat_rows() if r["status"] != "keep"])
+    command = [sys.executable, str(ROOT / "arx.py"), "import-tsv", str(tsv), "--campaign", "c", "--to-file",
+               str(tmp_path / "c.jsonl")]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("arx import-tsv: ") and "give --direction min|max" in refused.stderr
+    done = subprocess.run([*command, "--direction", "max"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first = json.loads((tmp_path / "c.jsonl").read_text().splitlines()[0])
+    assert (first["metric"], first["direction"], first["task"]) == ("core_metric", "max", "run")
