@@ -75,6 +75,26 @@ class Layout(NamedTuple):
         return [name for name in self.columns if name not in DESCRIPTIVE and name != self.score]
 
 
+class Record(NamedTuple):
+    """One trial of an imported trajectory, whatever format it came in: what its two events carry."""
+
+    trial_id: str
+    time: str
+    specialist: str
+    surface: str
+    parent_id: str | None
+    hypothesis: str
+    label: str
+    score: float | None
+    evidence: Evidence
+    metrics: dict[str, float] = {}
+    diff: str = ""
+    expected_delta: float | None = None
+    incumbent_id: str | None = None
+    root: bool = False  # the run's starting point (a seed release's baseline row)
+    joins: bool = True  # its specialist is named by a SpecialistJoined
+
+
 class Imported(NamedTuple):
     events: list[Event]
     rows: int
@@ -106,12 +126,11 @@ def score_column(header: Sequence[str], raw_rows: list[list[str]], best: dict | 
                      "row with a number after status): give --metric NAME")
 
 
-def direction_of(rows: list["_Row"], best: dict | None, score: str, source: str) -> str:
+def direction_of(records: list[Record], best_score: float | None, score: str, source: str) -> str:
     """min or max, from the run itself: a keep beats the incumbent, so the last kept score (or the
-    best.json score) lies on the better side of the baseline's."""
-    baseline = next((row.score for row in rows if row.status == BASELINE and row.score is not None), None)
-    kept = [row.score for row in rows if row.label == "keep" and row.status != BASELINE and row.score is not None]
-    best_score = _number(score, str(best.get(score, "")), []) if best else None
+    score the run names as its best) lies on the better side of the starting point's."""
+    baseline = next((r.score for r in records if r.root and r.score is not None), None)
+    kept = [r.score for r in records if r.label == "keep" and not r.root and r.score is not None]
     better = best_score if best_score is not None else (kept[-1] if kept else None)
     if baseline is None or better is None or better == baseline:
         raise ValueError(f"{source}: cannot tell whether a lower or a higher {score} is better (no baseline, or "
@@ -239,6 +258,17 @@ class _Row:
             return UNPARSED
         return "keep" if self.status == BASELINE else self.status
 
+    def record(self) -> Record:
+        parsed = self.label != UNPARSED
+        return Record(
+            trial_id=self.trial_id, time=self.time, specialist=self.specialist, surface=self.fields.get("domain", ""),
+            parent_id=self.parent_id, hypothesis=self.fields.get("hypothesis", ""), label=self.label,
+            score=self.score if parsed else None, evidence=self.evidence(), metrics=self.metrics,
+            expected_delta=self.expected_delta,
+            incumbent_id=self.incumbent_id if parsed and self.status != BASELINE else None,
+            root=self.status == BASELINE, joins=self.status != BASELINE and self.specialist_ok,
+        )
+
     def evidence(self) -> Evidence:
         if self.problems:
             reasons, fields = "; ".join(self.problems), "\t".join(self.raw)
@@ -292,29 +322,43 @@ def tsv_events(path: Path | str, campaign_id: str, *, metric: str | None = None,
         seen.setdefault(row.trial_id, line)
         rows.append(row)
         last_time = row.time
-    trials = sum(row.status != BASELINE for row in rows)
-    started = CampaignStarted(
-        campaign_id=campaign_id, occurred_at=start, producer=PRODUCER, task=task or run_name(path),
-        metric=layout.score, direction=direction or direction_of(rows, best, layout.score, str(path)),
-        max_trials=trials,
-        bundle=NO_BUNDLE, spec={"imported": "seed-release results.tsv", "columns": layout.columns},
+    records = [row.record() for row in rows]
+    if direction is None:
+        best_score = _number(layout.score, str(best.get(layout.score, "")), []) if best else None
+        direction = direction_of(records, best_score, layout.score, str(path))
+    unparsed = sum(r.label == UNPARSED for r in records)
+    events = campaign_events(
+        campaign_id, records, task=task or run_name(path), metric=layout.score, direction=direction, policy=POLICY,
+        spec={"imported": "seed-release results.tsv", "columns": layout.columns},
+        reason=f"imported from a seed-release results.tsv: {len(rows)} rows, {unparsed} unparsed",
     )
-    events: list[Event] = [started, *_joins(rows, started)]
-    scores: dict[str, float] = {}
-    for row in rows:
-        events.extend(_trial(row, started, scores))
-        if row.label != UNPARSED and row.score is not None:
-            scores[row.trial_id] = row.score
-    unparsed = sum(row.label == UNPARSED for row in rows)
     dropped = sum(bool(row.dropped) and row.label != UNPARSED for row in rows)
+    return Imported(events, len(rows), unparsed, dropped)
+
+
+def campaign_events(campaign_id: str, records: list[Record], *, task: str, metric: str, direction: str, policy: str,
+                    spec: dict, reason: str) -> list[Event]:
+    """An imported trajectory as a stopped campaign: CampaignStarted, one SpecialistJoined per specialist,
+    one proposal and one outcome per record (in order), CampaignStopped."""
+    start = records[0].time if records else EPOCH
+    trials = sum(not r.root for r in records)
+    started = CampaignStarted(
+        campaign_id=campaign_id, occurred_at=start, producer=PRODUCER, task=task, metric=metric,
+        direction=direction, max_trials=trials, bundle=NO_BUNDLE, spec=spec,
+    )
+    events: list[Event] = [started, *_joins(records, started, policy)]
+    scores: dict[str, float] = {}
+    for record in records:
+        events.extend(_trial(record, started, scores, policy))
+        if record.score is not None:
+            scores[record.trial_id] = record.score
     events.append(
         CampaignStopped(
-            campaign_id=campaign_id, occurred_at=last_time, producer=PRODUCER,
-            causation_id=started.event_id, trials=trials,
-            reason=f"imported from a seed-release results.tsv: {len(rows)} rows, {unparsed} unparsed",
+            campaign_id=campaign_id, occurred_at=records[-1].time if records else start, producer=PRODUCER,
+            causation_id=started.event_id, trials=trials, reason=reason,
         )
     )
-    return Imported(events, len(rows), unparsed, dropped)
+    return events
 
 
 def _first_time(raw: list[str], layout: Layout) -> str | None:
@@ -324,37 +368,36 @@ def _first_time(raw: list[str], layout: Layout) -> str | None:
         return None
 
 
-def _joins(rows: list[_Row], started: CampaignStarted) -> list[SpecialistJoined]:
-    """One join per specialist named by a trial row, in order of first appearance."""
+def _joins(records: list[Record], started: CampaignStarted, policy: str) -> list[SpecialistJoined]:
+    """One join per specialist named by a trial, in order of first appearance."""
     surfaces: dict[str, str] = {}
-    for row in rows:
-        if row.status != BASELINE and row.specialist_ok:
-            surfaces.setdefault(row.specialist, row.fields.get("domain", ""))
+    for record in records:
+        if record.joins:
+            surfaces.setdefault(record.specialist, record.surface)
     return [
         SpecialistJoined(
             campaign_id=started.campaign_id,
             occurred_at=started.occurred_at, producer=PRODUCER, causation_id=started.event_id,
-            specialist=name, surface=surface, policy=POLICY,
+            specialist=name, surface=surface, policy=policy,
         )
         for name, surface in surfaces.items()
     ]
 
 
-def _trial(row: _Row, started: CampaignStarted, scores: dict[str, float]) -> tuple[TrialProposed, TrialScored]:
+def _trial(record: Record, started: CampaignStarted, scores: dict[str, float],
+           policy: str) -> tuple[TrialProposed, TrialScored]:
     c = started.campaign_id
     proposed = TrialProposed(
-        campaign_id=c, occurred_at=row.time, producer=PRODUCER,
-        causation_id=started.event_id, trial_id=row.trial_id, specialist=row.specialist,
-        surface=row.fields.get("domain", ""), parent_id=row.parent_id, hypothesis=row.fields.get("hypothesis", ""),
-        diff="", expected_delta=row.expected_delta, policy=POLICY,
+        campaign_id=c, occurred_at=record.time, producer=PRODUCER,
+        causation_id=started.event_id, trial_id=record.trial_id, specialist=record.specialist,
+        surface=record.surface, parent_id=record.parent_id, hypothesis=record.hypothesis,
+        diff=record.diff, expected_delta=record.expected_delta, policy=policy,
     )
-    parsed = row.label != UNPARSED
-    incumbent = row.incumbent_id if parsed and row.status != BASELINE else None
     outcome = TrialScored(
-        campaign_id=c, occurred_at=row.time, producer=PRODUCER,
-        causation_id=proposed.event_id, trial_id=row.trial_id, label=row.label, evidence=row.evidence(),
-        score=row.score if parsed else None, metrics=row.metrics, incumbent_id=incumbent,
-        incumbent_score=scores.get(incumbent) if incumbent else None,
+        campaign_id=c, occurred_at=record.time, producer=PRODUCER,
+        causation_id=proposed.event_id, trial_id=record.trial_id, label=record.label, evidence=record.evidence,
+        score=record.score, metrics=record.metrics, incumbent_id=record.incumbent_id,
+        incumbent_score=scores.get(record.incumbent_id) if record.incumbent_id else None,
     )
     return proposed, outcome
 
