@@ -20,7 +20,6 @@ the release's own storage.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import hashlib
@@ -412,23 +411,3 @@ def write_events(events: list[Event], path: Path | str) -> None:
 
 async def publish_events(bus: Bus, events: list[Event]) -> ImportReport:
     return await import_lines(bus, ((number, encode(event)) for number, event in enumerate(events, 1)))
-
-
-def cli(args) -> int:
-    imported = tsv_events(args.tsv, args.campaign, metric=args.metric, direction=args.direction, task=args.task)
-    summary = (
-        f"{args.campaign}: {imported.rows} rows ({imported.unparsed} unparsed, {imported.dropped} with a field"
-        f" dropped) as {len(imported.events)} events"
-    )
-    if args.to_file:
-        write_events(imported.events, args.to_file)
-        print(f"{summary}, written to {args.to_file}")
-        return 0
-
-    async def publish():
-        async with await Bus.connect(role="admin", name="arx-import-tsv") as bus:
-            return await publish_events(bus, imported.events)
-
-    report = asyncio.run(publish())
-    print(f"{summary}; published {report.describe()}")
-    return 0
