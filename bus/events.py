@@ -110,6 +110,15 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
             msgspec.structs.force_setattr(self, "event_id", self.subject)
 
 
+class StopRules(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """When a campaign stops itself before its trial budget is spent (evaluators/stop_rules.py); None: no such rule."""
+
+    plateau: Int64 | None = None  # this many counted outcomes in a row without a keep
+    storm_percent: float | None = None  # more than this percent of the last storm_window outcomes failed
+    storm_window: Int64 | None = None  # ... on harness faults, or with one failure label
+    deadline_s: float | None = None  # this long after the campaign started
+
+
 class CampaignStarted(Event):
     verb: ClassVar[str] = "started"
 
@@ -121,6 +130,7 @@ class CampaignStarted(Event):
     arm: str = "lineage"
     noise: float = 0.0
     spec: dict = {}
+    stop_rules: StopRules = StopRules()
 
 
 class CampaignStopped(Event):

@@ -10,8 +10,9 @@ import sys
 import msgspec
 
 from bus.connection import Bus
-from bus.events import CampaignStarted, CampaignStopped, TrialProposed, check_token
+from bus.events import CampaignStarted, CampaignStopped, StopRules, TrialProposed, check_token
 from evaluators.spec import Task, load_task, task_names
+from evaluators.stop_rules import rules_from
 from projections import views
 from projections.follow import catch_up
 from projections.lineage import Lineage
@@ -30,7 +31,8 @@ def baseline_params(task: Task) -> dict[str, float]:
 
 
 async def start_campaign(
-    bus: Bus, task: Task, *, campaign_id: str, trials: int, arm: str = "lineage", noise: float | None = None
+    bus: Bus, task: Task, *, campaign_id: str, trials: int, arm: str = "lineage", noise: float | None = None,
+    stop_rules: StopRules = StopRules(),
 ) -> CampaignStarted:
     """Publish CampaignStarted with the recipe bundle, then queue the baseline trial."""
     check_token("campaign", campaign_id)
@@ -47,6 +49,7 @@ async def start_campaign(
         arm=arm,
         noise=task.spec.noise if noise is None else noise,
         spec=msgspec.to_builtins(task.spec),
+        stop_rules=stop_rules,
     )
     if not await bus.publish(started):
         raise ValueError(f"campaign {campaign_id} already exists; pick another --campaign")
@@ -102,10 +105,12 @@ async def _main(args) -> None:
         elif args.action == "start":
             task = load_task(args.task)
             campaign_id = args.campaign or default_campaign_id(task.name)
+            rules = rules_from(args.plateau, args.failure_storm, args.deadline)  # refused before any noise run
             noise = args.noise
             if args.measure_noise:
                 noise = await measured_noise(task, args.measure_noise, args.devices)
-            await start_campaign(bus, task, campaign_id=campaign_id, trials=args.trials, arm=args.arm, noise=noise)
+            await start_campaign(bus, task, campaign_id=campaign_id, trials=args.trials, arm=args.arm, noise=noise,
+                                 stop_rules=rules)
             print(campaign_id)
         else:
             check_token("campaign", args.campaign)

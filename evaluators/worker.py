@@ -31,10 +31,12 @@ from nats.js.errors import NotFoundError
 from bus import subjects
 from bus.connection import Bus
 from bus.events import (
+    CampaignStarted,
     CampaignStopped,
     Event,
     Evidence,
     ReplicateFinished,
+    StopRules,
     TrialAbandoned,
     TrialConfirmationRequested,
     TrialFinished,
@@ -44,7 +46,7 @@ from bus.events import (
     decode_stored,
     replicate_id,
 )
-from evaluators import labels
+from evaluators import labels, stop_rules
 from evaluators.sandbox import SandboxPool, SandboxResult
 from evaluators.official_log import evaluate_log
 from evaluators.spec import Task, TaskSpec, campaign_task
@@ -111,6 +113,7 @@ class Evaluator:
         self._tasks: dict[str, Task] = {}
         self._heldout: dict[str, asyncio.Future] = {}
         self._stopping: set[str] = set()
+        self._rules: dict[str, StopRules] = {}
         self._broken_tasks: set[str] = set()  # campaigns whose task this host cannot load
 
     # -- the work queue -----------------------------------------------------------------------
@@ -315,17 +318,33 @@ class Evaluator:
 
     async def _check_campaign(self, running: reads.Running) -> None:
         campaign_id = running.campaign_id
-        counted = views.counted_outcomes(self.live.lineage, campaign_id)
-        if counted >= running.max_trials:
-            if campaign_id not in self._stopping:
-                await self.bus.publish(
-                    CampaignStopped(campaign_id=campaign_id, producer=self.name,
-                                    reason="max_trials reached", trials=counted),
-                )
-                self._stopping.add(campaign_id)  # until the lineage shows the stop
-                log.info("campaign %s stopped: %d of %d trials", campaign_id, counted, running.max_trials)
+        if campaign_id in self._stopping:  # until the lineage shows the stop
             return
-        self._prepare(campaign_id)
+        counted = views.counted_outcomes(self.live.lineage, campaign_id)
+        reason = "max_trials reached" if counted >= running.max_trials else await self._rule_broken(running)
+        if reason is None:
+            self._prepare(campaign_id)
+            return
+        await self.bus.publish(CampaignStopped(campaign_id=campaign_id, producer=self.name, reason=reason,
+                                               trials=counted))
+        self._stopping.add(campaign_id)
+        log.info("campaign %s stopped after %d of %d trials: %s", campaign_id, counted, running.max_trials, reason)
+
+    async def _rule_broken(self, running: reads.Running) -> str | None:
+        """The stop rule the campaign's outcomes (or its clock) break, if any."""
+        rules = await self._stop_rules(running.campaign_id)
+        if rules == StopRules():
+            return None
+        window = max(rules.plateau or 0, rules.storm_window or 0)
+        labels = reads.latest_labels(self.live.lineage, running.campaign_id, window) if window else []
+        return stop_rules.stop_reason(rules, labels, stop_rules.elapsed_s(running.started_at))
+
+    async def _stop_rules(self, campaign_id: str) -> StopRules:
+        """The rules CampaignStarted declared (the lineage keeps no copy of them), read once per campaign."""
+        if campaign_id not in self._rules:
+            started = await self.bus.last_event(subjects.campaign(campaign_id, "started"))
+            self._rules[campaign_id] = started.stop_rules if isinstance(started, CampaignStarted) else StopRules()
+        return self._rules[campaign_id]
 
     def _prepare(self, campaign_id: str) -> None:
         """Start the sandbox process and the held-out data before the campaign's first trial arrives."""

@@ -14,6 +14,7 @@ from projections.lineage import Lineage
 class Running(msgspec.Struct, frozen=True):
     campaign_id: str
     max_trials: int
+    started_at: str | None
 
 
 class Labelled(msgspec.Struct, frozen=True):
@@ -58,11 +59,20 @@ def _one(lineage: Lineage, sql: str, params: tuple) -> tuple | None:
 
 
 def running_campaigns(lineage: Lineage) -> list[Running]:
-    """Every campaign that has not stopped, with what its budget check needs."""
+    """Every campaign that has not stopped, with what its budget and stop rules need."""
     return [
-        Running(*row)
-        for row in lineage.db.execute("SELECT campaign_id, max_trials FROM campaigns WHERE stopped_at IS NULL")
+        Running(*row) for row in lineage.db.execute(
+            "SELECT campaign_id, max_trials, started_at FROM campaigns WHERE stopped_at IS NULL"
+        )
     ]
+
+
+def latest_labels(lineage: Lineage, campaign_id: str, limit: int) -> list[str]:
+    """The labels of the campaign's last `limit` outcomes, newest first, its root trial (the baseline) aside."""
+    return [label for (label,) in lineage.db.execute(
+        "SELECT label FROM trials WHERE campaign_id = ? AND outcome_seq IS NOT NULL AND parent_id IS NOT NULL"
+        " ORDER BY outcome_seq DESC LIMIT ?", (campaign_id, limit),
+    )]
 
 
 def has_joined(lineage: Lineage, campaign_id: str, specialist: str) -> bool:

@@ -108,13 +108,16 @@ def test_a_campaign_on_three_nodes_survives_its_stream_leader_killed_and_restart
         assert not failed, failed
         for role in roles:
             role.stop_all()
-        assert summary["trials_proposed"] == TRIALS and summary["in_flight"] == 0, summary
-        assert sum(summary["labels"].values()) == TRIALS and summary["skipped_events"] == {}
+        # The budget counts scored and rejected trials; one the harness abandoned (a run lost with its
+        # node) is replaced, so a failover may add a proposal, never an outcome to a trial.
+        labels = summary["labels"]
+        assert summary["in_flight"] == 0 and summary["skipped_events"] == {}, summary
+        assert sum(labels.values()) - labels.get("harness_abort", 0) == TRIALS, summary
 
         # Exactly one outcome per trial, and the projector's view (which followed the log through the
         # failover) equals a fresh replay of the stream.
         counts, runners = asyncio.run(outcomes_and_runners(nodes.settings, "c3"))
-        assert len(counts) == TRIALS and set(counts.values()) == {1}, counts
+        assert len(counts) == summary["trials_proposed"] and set(counts.values()) == {1}, counts
         assert runners == {"executor-1", "executor-2"}
         admin.command("replay", "--db", str(tmp_path / "replayed.db"))
     finally:
