@@ -1,7 +1,8 @@
 """Event files: events as JSON lines, one per line, each line the exact bytes stored in the stream.
 
-`arx export` writes a campaign's events in stream order; `arx import` publishes a file's events to a
-bus, idempotently; `iter_file` hands a file to a replay as if it were the stream.
+`arx export` writes a campaign's events in stream order (projections/export.py picks the campaign);
+`arx import` publishes a file's events to a bus, idempotently; `iter_file` hands a file to a replay as
+if it were the stream.
 """
 
 from __future__ import annotations
@@ -190,16 +191,6 @@ async def import_file(bus: Bus, path: Path | str) -> ImportReport:
 
 
 # -- cli ------------------------------------------------------------------------------------------
-
-
-def cli_export(args) -> int:
-    async def run() -> int:
-        async with await Bus.connect(role="reader", name="arx-export") as bus:
-            return await export_campaign(bus, args.campaign, args.file)
-
-    count = asyncio.run(run())
-    print(f"exported {count} events of {args.campaign} to {args.file}")
-    return 0
 
 
 def cli_import(args) -> int:

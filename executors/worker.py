@@ -45,6 +45,7 @@ from bus.events import (
     oversize,
     replicate_id,
 )
+from bus.logs import setup_logging
 from evaluators.spec import Task, TaskSpec, campaign_task, pack_folder
 from executors import preflight
 from executors.devices import CPU, Devices, device_class, parse_devices
@@ -456,7 +457,7 @@ async def _serve(name: str, devices: Devices) -> None:
 
 
 def cli(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     devices = parse_devices(getattr(args, "devices", None) or CPU)
     asyncio.run(_serve(args.name or default_name(), devices))
     return 0

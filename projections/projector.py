@@ -22,6 +22,7 @@ import anyio
 
 from bus.connection import Bus, StoredMessage
 from bus.eventfile import read_line_blocks
+from bus.logs import setup_logging
 from bus.settings import load_settings
 from projections.follow import BUS_ERRORS, RETRY_S, log_retry
 from projections.lineage import Lineage
@@ -103,7 +104,7 @@ async def _follow_main(path: Path) -> None:
 
 
 def cli_follow(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     path = db_path(args)
     with _clear_sqlite_errors(path):
         anyio.run(_follow_main, path)
@@ -221,8 +222,10 @@ def cli_replay(args) -> int:
         raise ValueError(f"{from_file}: no such event file")
     with _clear_sqlite_errors(path):
         result = anyio.run(_replay_main, path, from_file)
+    # The path is now a symbolic link to the fresh file (see lineage_file.py): name both.
     print(
-        f"replayed {result.applied + result.skipped} events up to seq {result.last_seq} into {path}: "
-        f"{result.applied} applied, {result.skipped} skipped, {result.seconds:.2f}s ({result.rate:,.0f} events/s)"
+        f"replayed {result.applied + result.skipped} events up to seq {result.last_seq} into {path.resolve()} "
+        f"(linked from {path}): {result.applied} applied, {result.skipped} skipped, {result.seconds:.2f}s "
+        f"({result.rate:,.0f} events/s)"
     )
     return 0

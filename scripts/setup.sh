@@ -12,6 +12,7 @@ stamp=.venv/.arx-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # torch is pinned in pyproject.toml: the CPU build from local disk, never a multi-GB CUDA build.
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    # -qq: errors only; with a single -q, pip still shows setuptools' "Editable installation" notice.
+    .venv/bin/python -m pip install -qq --disable-pip-version-check -e '.[test]'
     echo "$want" > "$stamp"
 fi

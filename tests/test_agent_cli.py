@@ -10,6 +10,7 @@ import anyio
 import pytest
 from agent_helpers import score, start_campaign, stop_campaign, wait_for_trials
 
+from agents.registry import POLICIES
 from bus.connection import Bus
 
 pytestmark = pytest.mark.anyio
@@ -65,3 +66,45 @@ async def test_an_unknown_surface_exits_1_with_the_reason(arx_env, python):
         proc.kill()
     assert status == 1
     assert "no surface 'nonsense'" in out
+
+
+MY_POLICIES = '''
+from agents.base import Specialist
+
+
+def helper():
+    pass
+
+
+class Mine(Specialist):
+    policy = "mine"
+'''
+
+
+@pytest.mark.parametrize(
+    ("policy", "error"),
+    [
+        ("nosuch:Mine", "--policy nosuch:Mine: no module 'nosuch' in the current directory or on PYTHONPATH"),
+        ("broken:Mine", "--policy broken:Mine: importing 'broken' failed: No module named 'missing_dependency'"),
+        ("mine:Other", "--policy mine:Other: module 'mine' ("),
+        ("mine:helper", "--policy mine:helper: helper is not a subclass of agents.base.Specialist"),
+        ("agents.base:Specialist", "Specialist is not a subclass of agents.base.Specialist"),
+        ("mine:", "--policy 'mine:': give module:Class"),
+        ("mine", f"unknown policy 'mine'; known: {', '.join(sorted(POLICIES))}, or module:Class"),
+    ],
+)
+def test_a_bad_policy_is_one_line_naming_what_is_wrong(arx_env, python, tmp_path, policy, error):
+    """Run from a folder holding mine.py (a Specialist subclass and a function) and broken.py (whose import fails)."""
+    (tmp_path / "mine.py").write_text(MY_POLICIES)
+    (tmp_path / "broken.py").write_text("import missing_dependency\n")
+    done = subprocess.run([python, "-m", "arx", "agent", "--policy", policy, "--specialist", "s", "--surface", "main"],
+                          cwd=tmp_path, env=arx_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == "", done.stdout
+    assert done.stderr.count("\n") == 1 and error in done.stderr, done.stderr
+
+
+def test_help_lists_the_built_in_policies(python):
+    done = subprocess.run([python, "-m", "arx", "agent", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0
+    assert f"a built-in policy ({', '.join(sorted(POLICIES))}; default: tpe)" in " ".join(done.stdout.split())
