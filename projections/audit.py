@@ -4,10 +4,14 @@ A pure function of the lineage: everything is sorted or in log order, nothing re
 replaying the same log twice gives byte-identical output.
 
 Definitions:
-- trials: proposed trials other than the baseline (the campaign's root trial, which measures the
-  starting recipe); labels count their outcomes, in_flight those without one yet.
+- trials_with_baseline, labels_with_baseline: every proposed trial, the baseline (the campaign's root
+  trial, which measures the starting recipe) included, as the campaign's budget and `arx status` count
+  them; the text and the HTML report show these. trials and labels: the same without the baseline, as
+  the paper's released runs count them (kept in the JSON for those numbers). in_flight: trials without
+  an outcome yet. per specialist: every trial, the baseline under its own specialist.
+- best_gates: the evaluator's gate verdicts on the best trial (the incumbent).
 - keep chain: the parent links from the best trial back to the baseline, each step with its score
-  change over the step before.
+  change over its parent (delta vs parent; the chain's first step has none).
 - failure-to-repair chain: a trial F labelled with a failure label (bus.events.FAILURE_LABELS) and
   its repair R, the first trial in proposal order that passed (keep, discard or within_noise: it was
   measured inside every gate) and either descends from F (F is on R's parent chain) or is a later
@@ -96,15 +100,18 @@ def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
         "arm": camp["arm"],
         "stopped": camp["stopped_at"] is not None,
         "trials": len(counted),
-        "in_flight": sum(t.label is None for t in counted),
+        "trials_with_baseline": len(trials),
+        "in_flight": sum(t.label is None for t in trials),
         "labels": _counts(t.label for t in counted if t.label),
+        "labels_with_baseline": _counts(t.label for t in trials if t.label),
         "skipped_events": lineage.skipped(campaign_id),
         "baseline_trial": root.trial_id if root else None,
         "baseline_score": baseline_score,
         "best_trial": best.trial_id if best else None,
         "best_score": best.score if best else None,
+        "best_gates": views.gates(lineage, campaign_id, best.trial_id) if best else [],
         "improvement_pct": views.improvement_pct(baseline_score, best.score if best else None),
-        "specialists": per_specialist(counted, declared),
+        "specialists": per_specialist(trials, declared),
         "keep_chain": chain,
         "keep_chain_broken_at": broken_at,
         "failure_repairs": failure_repairs(trials),
@@ -283,22 +290,28 @@ def render_text(report: dict) -> str:
     return "\n".join(_campaign_text(name, audit) for name, audit in report["campaigns"].items())
 
 
+def plural(n: int, word: str) -> str:
+    """`1 trial`, `2 trials`."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _campaign_text(name: str, a: dict) -> str:
-    change = a["improvement_pct"]
     lines = [
         f"campaign {name}: task {a['task']}, {a['metric']} ({a['direction']}), arm {a['arm']},"
         f" {'stopped' if a['stopped'] else 'running'}",
-        f"  trials {a['trials']} (in flight {a['in_flight']})",
+        f"  {plural(a['trials_with_baseline'], 'trial')} ({views.COUNTED}), {a['in_flight']} in flight",
         f"  baseline {_num(a['baseline_score'])} ({a['baseline_trial'] or '-'}), best {_num(a['best_score'])}"
-        f" ({a['best_trial'] or '-'}), improvement {'-' if change is None else f'{change:+.3f}%'}",
-        "  labels: " + (", ".join(f"{label} {n}" for label, n in a["labels"].items()) or "none"),
+        f" ({a['best_trial'] or '-'}), change {views.change_text(a['improvement_pct'], a['direction'])}",
+        f"  incumbent gates: {views.gates_text(a['best_gates'])}",
+        f"  labels ({views.COUNTED}): "
+        + (", ".join(f"{label} {n}" for label, n in a["labels_with_baseline"].items()) or "none"),
         "  events not folded: " + (", ".join(f"{why} {n}" for why, n in a["skipped_events"].items()) or "none"),
         "  per specialist:",
     ]
     for specialist, s in a["specialists"].items():
         counts = ", ".join(f"{label} {n}" for label, n in s["labels"].items())
-        lines.append(f"    {specialist} [{s['surface']}]: {s['trials']} trials; {counts}")
-    lines.append(f"  keep chain ({len(a['keep_chain'])} steps):")
+        lines.append(f"    {specialist} [{s['surface']}]: {plural(s['trials'], 'trial')}; {counts}")
+    lines.append(f"  keep chain ({plural(len(a['keep_chain']), 'step')}; score, delta vs parent):")
     if a["keep_chain_broken_at"] is not None:
         lines.append(f"    (stops at {a['keep_chain_broken_at']}: a parent missing from the campaign or a loop)")
     for step in a["keep_chain"]:
@@ -307,7 +320,7 @@ def _campaign_text(name: str, a: dict) -> str:
             f" ({_num(step['delta'])}): {_short(step['hypothesis'])}"
         )
     repairs = a["failure_repairs"]
-    lines.append(f"  failure-to-repair: {repairs['repaired']} of {repairs['failures']} failures repaired")
+    lines.append(f"  failure-to-repair: {repairs['repaired']} of {plural(repairs['failures'], 'failure')} repaired")
     for label, n in repairs["by_label"].items():
         lines.append(f"    {label}: {n['repaired']} of {n['failures']}")
     for chain in repairs["chains"]:
@@ -319,7 +332,7 @@ def _campaign_text(name: str, a: dict) -> str:
     if domain["note"]:
         lines.append(f"  domain audit: {domain['note']}")
     else:
-        lines.append(f"  domain audit: {len(domain['strayed'])} of {domain['checked']} edits strayed")
+        lines.append(f"  domain audit: {len(domain['strayed'])} of {plural(domain['checked'], 'edit')} strayed")
         for stray in domain["strayed"]:
             problems = "; ".join(stray["problems"])
             lines.append(f"    {stray['trial']} {stray['specialist']} [{stray['surface']}]: {problems}")

@@ -16,7 +16,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from projections.audit import Trial, load_trials
+from projections.audit import Trial, load_trials, plural
+from projections.views import COUNTED, change_text, gates_text
 from projections.lineage import Lineage
 
 LABEL_COLOURS = {
@@ -206,36 +207,37 @@ def _img(data: str, alt: str) -> str:
 def campaign_section(name: str, a: dict, trials: list[Trial]) -> str:
     palette = colours([t.label for t in trials if t.label])
     campaign = {"metric": a["metric"], "direction": a["direction"]}
-    labels = sorted(a["labels"])
-    change = a["improvement_pct"]
+    labels = sorted(a["labels_with_baseline"])
     repairs = a["failure_repairs"]
     domain = a["domain"]
     parts = [
         f"<h2>{_e(name)}</h2>",
         f"<p>task {_e(a['task'])}, {_e(a['metric'])} ({_e(a['direction'])}), arm {_e(a['arm'])},"
-        f" {'stopped' if a['stopped'] else 'running'}; {a['trials']} trials ({a['in_flight']} in flight)</p>",
+        f" {'stopped' if a['stopped'] else 'running'}; {_e(plural(a['trials_with_baseline'], 'trial'))}"
+        f" ({COUNTED}), {a['in_flight']} in flight</p>",
         f"<p>baseline <b>{_e(a['baseline_score'])}</b> ({_e(a['baseline_trial'])})"
         f" &rarr; best <b>{_e(a['best_score'])}</b>"
-        f" ({_e(a['best_trial'])}), improvement <b>{'-' if change is None else f'{change:+.3f}%'}</b></p>",
+        f" ({_e(a['best_trial'])}), change <b>{_e(change_text(a['improvement_pct'], a['direction']))}</b></p>",
+        f"<p>incumbent gates: {_e(gates_text(a['best_gates']))}</p>",
         _img(score_plot(campaign, trials, palette), "score over trials"),
         _img(specialist_plot(trials, palette), "labels per specialist over time"),
         _img(tree_plot(campaign, trials, a["keep_chain"], palette), "lineage tree"),
-        "<h3>labels per specialist</h3>",
+        f"<h3>labels per specialist ({COUNTED}, as in the plots' legends)</h3>",
         _table(["specialist", "surface", "trials", *labels],
                [[s, v["surface"], v["trials"], *(v["labels"].get(label, 0) for label in labels)]
                 for s, v in a["specialists"].items()]
-               + [["all", "", a["trials"], *(a["labels"][label] for label in labels)]]),
+               + [["all", "", a["trials_with_baseline"], *(a["labels_with_baseline"][label] for label in labels)]]),
         "<h3>keep chain</h3>",
-        _table(["trial", "specialist", "label", "score", "delta", "hypothesis"],
+        _table(["trial", "specialist", "label", "score", "delta vs parent", "hypothesis"],
                [[s["trial"], s["specialist"], s["label"], s["score"], s["delta"], s["hypothesis"]]
                 for s in a["keep_chain"]]),
-        f"<h3>failure-to-repair chains: {repairs['repaired']} of {repairs['failures']} failures repaired</h3>",
+        f"<h3>failure-to-repair chains: {repairs['repaired']} of {plural(repairs['failures'], 'failure')} repaired</h3>",
         _table(["failed", "label", "repair", "label", "via", "path"],
                [[c["failed"], c["failed_label"], c["repair"], c["repair_label"], c["via"], " > ".join(c["path"])]
                 for c in repairs["chains"]]),
         "<h3>domain audit</h3>",
         f"<p>{_e(domain['note'])}</p>" if domain["note"] else
-        f"<p>{len(domain['strayed'])} of {domain['checked']} edits strayed</p>"
+        f"<p>{len(domain['strayed'])} of {plural(domain['checked'], 'edit')} strayed</p>"
         + _table(["trial", "specialist", "surface", "problems"],
                  [[s["trial"], s["specialist"], s["surface"], "; ".join(s["problems"])] for s in domain["strayed"]]),
     ]

@@ -154,8 +154,60 @@ def improvement_pct(baseline: float | None, best: float | None) -> float | None:
     return round((best - baseline) / abs(baseline) * 100.0, 3)
 
 
+def change_text(pct: float | None, direction: str) -> str:
+    """improvement_pct as status, audit and the HTML report all print it: signed, with which way is better."""
+    if pct is None:
+        return "-"
+    return f"{pct:+.3f}% ({'lower' if direction == 'min' else 'higher'} is better)"
+
+
+# Every trial count that status, audit and the report print includes the baseline (the campaign's root
+# trial), as the campaign's budget (`--trials N`) counts it; the output says so with these words.
+COUNTED = "baseline included"
+
+
+def gates(lineage: Lineage, campaign_id: str, trial_id: str) -> list[dict]:
+    """The evaluator's gate verdicts on a trial, in the order it checked them."""
+    return [
+        {"metric": gate, "measured": measured, "limit": limit, "passed": bool(passed)}
+        for gate, measured, limit, passed in lineage.db.execute(
+            'SELECT gate, measured, "limit", passed FROM gates WHERE campaign_id = ? AND trial_id = ? ORDER BY rowid',
+            (campaign_id, trial_id),
+        )
+    ]
+
+
+def gates_text(verdicts: list[dict]) -> str:
+    """Gate verdicts on one line: `accuracy 0.9712 (limit 0.96) passed, ...`."""
+    return ", ".join(
+        f"{g['metric']} {_g(g['measured'])} (limit {_g(g['limit'])}) {'passed' if g['passed'] else 'FAILED'}"
+        for g in verdicts
+    ) or "none recorded"
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def trial_detail(lineage: Lineage, campaign_id: str, trial_id: str) -> dict | None:
+    """One trial as `arx show` prints it: what was proposed, how it ran and how it was scored."""
+    rows = lineage.query(
+        "SELECT trial_id, specialist, surface, parent_id, hypothesis, diff, label, score, metrics, incumbent_id,"
+        " incumbent_score, delta, log_tail, evidence_stage, evidence_message FROM trials"
+        " WHERE campaign_id = ? AND trial_id = ?",
+        (campaign_id, trial_id),
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    row["metrics"] = loads(row["metrics"]) or {}
+    return row
+
+
 def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 10) -> dict | None:
-    """What `arx status` shows: labels, baseline, incumbent, improvement and the last trials."""
+    """What `arx status` shows: labels, baseline, incumbent and its gates, improvement and the last trials.
+    Counts and labels include the baseline (COUNTED); a recent trial's delta is against the incumbent it
+    was scored against."""
     camp = campaign(lineage, campaign_id)
     if camp is None:
         return None
@@ -196,9 +248,11 @@ def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 1
         "noise": camp["noise"],
         "noise_prior": camp["spec"].get("noise"),
         "confirmed": confirmed(lineage, c),
+        "baseline_trial": baseline.trial_id if baseline else None,
         "baseline_score": baseline_score,
         "best_score": best.score if best else None,
         "best_trial": best.trial_id if best else None,
+        "best_gates": gates(lineage, c, best.trial_id) if best else [],
         "improvement_pct": improvement_pct(baseline_score, best.score if best else None),
         "recent": last,
         # Messages on this campaign's subjects that the fold would not trust or use, by reason.

@@ -69,6 +69,14 @@ def test_keep_chain_repairs_and_domain_audit():
     )
     assert a["improvement_pct"] == -15.0
     assert a["labels"] == {"crash": 2, "discard": 2, "invalid_edit": 1, "keep": 2, "size_blocked": 1}
+    # What the text shows: the count and labels with the baseline, as `arx status` counts them.
+    assert (a["trials_with_baseline"], a["labels_with_baseline"]["keep"], a["best_gates"]) == (9, 3, [])
+    text = render_text(audit(fold(campaign_events())))
+    for shown in ("9 trials (baseline included), 0 in flight", "change -15.000% (lower is better)",
+                  "labels (baseline included): crash 2, discard 2, invalid_edit 1, keep 3, size_blocked 1",
+                  "baseline [baseline]: 1 trial; keep 1", "keep chain (3 steps; score, delta vs parent)",
+                  "incumbent gates: none recorded"):
+        assert shown in text, (shown, text)
     assert a["specialists"]["b"] == {"surface": "notes", "trials": 4,
                                      "labels": {"crash": 1, "discard": 2, "size_blocked": 1}}
     assert [(s["trial"], s["delta"]) for s in a["keep_chain"]] == [("baseline", None), ("t1", -1.0), ("t5", -0.5)]

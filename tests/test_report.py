@@ -38,6 +38,8 @@ def test_html_report_is_self_contained_and_reproducible(tmp_path):
     assert re.findall(r'\bsrc="(?!data:)', page) == []
     assert not re.search(r"<script|<link|href=|url\(", page)
     assert "exp_750" in page and "-0.813%" in page and "no diffs recorded" in page
+    # The table counts what the plots' legends count: every trial, the baseline included.
+    assert "901 trials (baseline included)" in page and "delta vs parent" in page
 
 
 def test_empty_lineage_gives_a_page_that_says_so(tmp_path):
