@@ -23,10 +23,13 @@ COMMANDS = {
     "agent": ("agents.cli", "cli", "run one specialist agent"),
     "status": ("projections.status", "cli", "show a campaign: labels, incumbent, improvement, last trials"),
     "bench": ("agents.bench", "cli", "benchmarks: `arx bench research` runs campaigns per control arm and seed"),
-    "export": ("bus.eventfile", "cli_export", "write a campaign's events to a file, one JSON event a line"),
+    "export": ("projections.export", "cli", "write a campaign's events to a file, one JSON event a line"),
     "import": ("bus.eventfile", "cli_import", "publish an event file's events, skipping those already stored"),
-    "import-tsv": ("projections.seedruns", "cli", "turn a seed-release results.tsv into a campaign's events"),
+    "import-tsv": ("projections.trajectories", "cli",
+                   "turn a trajectory (a seed-release or autoresearch results.tsv, an AIDE journal.json) into a campaign's events"),
     "audit": ("projections.audit", "cli", "audit campaigns from the lineage: labels, keep chain, repairs, domains"),
+    "show": ("agents.show", "cli_show", "show one trial: hypothesis, label, score, gates, metrics, diffs, log tail"),
+    "recipe": ("agents.show", "cli_recipe", "write one trial's whole tree into an empty folder, ready to run"),
 }
 
 
@@ -72,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--measure-noise", type=_at_least_two, metavar="RUNS",
                        help="measure the noise floor first, over this many runs of the starting recipe")
     start.add_argument("--devices", default="cpu", help=f"with --measure-noise: {MEASURE_DEVICES_HELP}")
+    start.add_argument("--plateau", type=int, metavar="K", help="stop after K counted trials in a row without a keep")
+    start.add_argument("--failure-storm", metavar="F/K",
+                       help="stop when more than F%% of the last K trials fail on harness faults or one failure label")
+    start.add_argument("--deadline", metavar="DURATION", help="stop this long after the start: 90s, 45m, 12h, 2d")
     running = campaign_sub.add_parser("running", help="print the id of the latest campaign still running")
     running.add_argument("--task", help="only campaigns of this task")
     stop = campaign_sub.add_parser("stop", help="publish CampaignStopped")
@@ -111,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--from-file", metavar="FILE", help="rebuild from this event file instead of the stream")
 
     agent = sub.add_parser("agent", help=helps["agent"])
-    agent.add_argument("--policy", default="tpe", choices=sorted(POLICIES))
+    agent.add_argument("--policy", default="tpe", metavar="NAME|module:Class",
+                       help=f"a built-in policy ({', '.join(sorted(POLICIES))}; default: tpe), or module:Class, a "
+                       "Specialist subclass in the current directory or on PYTHONPATH")
     agent.add_argument("--specialist", required=True, help="this agent's name, e.g. tpe-optimizer")
     agent.add_argument("--surface", required=True, help="the task surface it may edit ('*' for all)")
     agent.add_argument("--campaign", help="campaign to work on (default: the latest running one)")
@@ -142,22 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--db", help="read this lineage database instead of the live log")
 
     export = sub.add_parser("export", help=helps["export"])
-    export.add_argument("--campaign", required=True)
+    export.add_argument("--campaign", help="campaign id (default: the latest)")
     export.add_argument("file", help="the event file to write")
 
     import_ = sub.add_parser("import", help=helps["import"])
     import_.add_argument("file", help="an event file written by `arx export` or `arx import-tsv --to-file`")
 
     import_tsv = sub.add_parser("import-tsv", help=helps["import-tsv"])
-    import_tsv.add_argument("tsv", help="a results.tsv of the seed release")
+    import_tsv.add_argument("tsv", help="a seed-release or autoresearch results.tsv, or an AIDE journal.json")
+    import_tsv.add_argument("--format", choices=["seed", "autoresearch", "aide"],
+                            help="the file's format (default: told from the file itself)")
     import_tsv.add_argument("--campaign", required=True, help="the campaign id to import it as")
     import_tsv.add_argument("--to-file", help="write the events to this event file instead of publishing them")
+    import_tsv.add_argument("--metric", help="the score column (default: the one the file's best.json or baseline row names)")
+    import_tsv.add_argument("--direction", choices=["min", "max"],
+                            help="whether a lower or a higher score is better (default: read from the kept trials)")
+    import_tsv.add_argument("--task", help="the task the campaign names (default: the run's folder)")
 
     audit = sub.add_parser("audit", help=helps["audit"])
     audit.add_argument("--db", help="read this lineage database instead of the live log")
     audit.add_argument("--campaign", help="only this campaign (default: all)")
     audit.add_argument("--json", action="store_true", help="print one JSON object")
     audit.add_argument("--html", metavar="DIR", help="also write DIR/index.html with plots")
+
+    show = sub.add_parser("show", help=helps["show"])
+    recipe = sub.add_parser("recipe", help=helps["recipe"])
+    for command in (show, recipe):
+        command.add_argument("trial", nargs="?", help="a trial id (default: the campaign's incumbent)")
+        command.add_argument("--campaign", help="campaign id (default: the latest)")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    recipe.add_argument("--out", required=True, help="the folder to write the tree into (new or empty)")
     return parser
 
 

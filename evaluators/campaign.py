@@ -12,10 +12,10 @@ import msgspec
 from bus.connection import Bus
 from bus.events import CampaignStarted, CampaignStopped, StopRules, TrialProposed, check_token
 from evaluators.spec import Task, load_task, task_names
-from evaluators.stop_rules import rules_from
 from projections import views
 from projections.follow import catch_up
 from projections.lineage import Lineage
+from projections.stop_rules import rules_from
 
 BASELINE = "baseline"
 

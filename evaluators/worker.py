@@ -46,12 +46,13 @@ from bus.events import (
     decode_stored,
     replicate_id,
 )
-from evaluators import labels, stop_rules
+from bus.logs import setup_logging
+from evaluators import labels
 from evaluators.sandbox import SandboxPool, SandboxResult
 from evaluators.official_log import evaluate_log
 from evaluators.spec import Task, TaskSpec, campaign_task
 from evaluators.unpack import UnsafeArtifact, unpack_artifact
-from projections import reads, views
+from projections import reads, stop_rules, views
 from projections.follow import LiveLineage, catch_up
 
 log = logging.getLogger("arx.evaluator")
@@ -335,9 +336,7 @@ class Evaluator:
         rules = await self._stop_rules(running.campaign_id)
         if rules == StopRules():
             return None
-        window = max(rules.plateau or 0, rules.storm_window or 0)
-        labels = reads.latest_labels(self.live.lineage, running.campaign_id, window) if window else []
-        return stop_rules.stop_reason(rules, labels, stop_rules.elapsed_s(running.started_at))
+        return stop_rules.stop_reason(rules, stop_rules.recent(self.live.lineage, running.campaign_id, rules))
 
     async def _stop_rules(self, campaign_id: str) -> StopRules:
         """The rules CampaignStarted declared (the lineage keeps no copy of them), read once per campaign."""
@@ -400,6 +399,6 @@ async def _main(name: str) -> None:
 
 def cli(args) -> int:
     name = args.name or f"evaluator-{socket.gethostname()}-{os.getpid()}"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     asyncio.run(_main(name))
     return 0

@@ -14,7 +14,6 @@ from projections.lineage import Lineage
 class Running(msgspec.Struct, frozen=True):
     campaign_id: str
     max_trials: int
-    started_at: str | None
 
 
 class Labelled(msgspec.Struct, frozen=True):
@@ -59,18 +58,20 @@ def _one(lineage: Lineage, sql: str, params: tuple) -> tuple | None:
 
 
 def running_campaigns(lineage: Lineage) -> list[Running]:
-    """Every campaign that has not stopped, with what its budget and stop rules need."""
+    """Every campaign that has not stopped, with what its budget check needs."""
     return [
         Running(*row) for row in lineage.db.execute(
-            "SELECT campaign_id, max_trials, started_at FROM campaigns WHERE stopped_at IS NULL"
+            "SELECT campaign_id, max_trials FROM campaigns WHERE stopped_at IS NULL"
         )
     ]
 
 
-def latest_labels(lineage: Lineage, campaign_id: str, limit: int) -> list[str]:
-    """The labels of the campaign's last `limit` outcomes, newest first, its root trial (the baseline) aside."""
+def latest_labels(lineage: Lineage, campaign_id: str, limit: int, *, counted: bool = False) -> list[str]:
+    """The labels of the campaign's last `limit` outcomes (only those the budget counts: scored or
+    rejected), newest first, its root trial (the baseline) aside."""
+    kinds = "outcome IN ('TrialScored', 'TrialRejected')" if counted else "outcome_seq IS NOT NULL"
     return [label for (label,) in lineage.db.execute(
-        "SELECT label FROM trials WHERE campaign_id = ? AND outcome_seq IS NOT NULL AND parent_id IS NOT NULL"
+        f"SELECT label FROM trials WHERE campaign_id = ? AND {kinds} AND parent_id IS NOT NULL"
         " ORDER BY outcome_seq DESC LIMIT ?", (campaign_id, limit),
     )]
 

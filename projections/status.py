@@ -18,12 +18,16 @@ from rich.text import Text
 
 from bus import subjects
 from bus.connection import Bus
-from bus.events import check_token
-from projections import views
+from bus.events import CampaignStarted, StopRules, check_token
+from projections import stop_rules, views
 from projections.follow import catch_up
 from projections.lineage import Lineage
 
 BUS_TIMEOUT_S = 60.0
+# A recent trial's delta: its score minus that of the incumbent it was scored against (signed, as improvement_pct).
+DELTA = "delta vs incumbent"
+# Piped or redirected, rich would cut tables at 80 columns; a file or a pipe gets every column.
+PIPE_WIDTH = 160
 
 
 def read_file(path: Path, campaign: str | None) -> dict | None:
@@ -31,7 +35,10 @@ def read_file(path: Path, campaign: str | None) -> dict | None:
         raise RuntimeError(f"no lineage database at {path}")
     lineage = Lineage(path, readonly=True)
     try:
-        return views.summary(lineage, campaign)
+        summary = views.summary(lineage, campaign)
+        if summary is not None:
+            summary["stop_rules"] = None  # declared in CampaignStarted, which a lineage file keeps no copy of
+        return summary
     except sqlite3.Error as exc:
         raise RuntimeError(f"{path} is not a readable lineage database ({exc})") from None
     finally:
@@ -41,13 +48,32 @@ def read_file(path: Path, campaign: str | None) -> dict | None:
 async def read_log(campaign: str | None) -> dict | None:
     with anyio.move_on_after(BUS_TIMEOUT_S):
         async with await Bus.connect(role="reader", name="arx-status") as bus:
-            campaign = campaign or await _latest_campaign(bus)
-            if campaign is None:
+            folded = await fold_campaign(bus, campaign)
+            if folded is None:
                 return None
-            lineage = Lineage()
-            await catch_up(bus, lineage, subject=subjects.of_campaign(campaign))
-            return views.summary(lineage, campaign)
+            campaign, lineage = folded
+            summary = views.summary(lineage, campaign)
+            if summary is not None:
+                summary["stop_rules"] = await rules_progress(bus, lineage, summary)
+            return summary
     raise RuntimeError(f"reading the log took longer than {BUS_TIMEOUT_S:.0f}s")
+
+
+async def rules_progress(bus: Bus, lineage: Lineage, summary: dict) -> list[dict]:
+    """How close the campaign is to each stop rule its CampaignStarted declared (the lineage keeps no copy)."""
+    started = await bus.last_event(subjects.campaign(summary["campaign"], "started"))
+    rules = started.stop_rules if isinstance(started, CampaignStarted) else StopRules()
+    return stop_rules.progress(rules, stop_rules.recent(lineage, summary["campaign"], rules))
+
+
+async def fold_campaign(bus: Bus, campaign: str | None) -> tuple[str, Lineage] | None:
+    """The campaign's id (default: the latest started) and its events alone folded into memory."""
+    campaign = campaign or await _latest_campaign(bus)
+    if campaign is None:
+        return None
+    lineage = Lineage()
+    await catch_up(bus, lineage, subject=subjects.of_campaign(campaign))
+    return campaign, lineage
 
 
 async def _latest_campaign(bus: Bus) -> str | None:
@@ -69,25 +95,30 @@ def render(summary: dict, console: Console) -> None:
         f"[bold]{s['campaign']}[/bold]  {s['task']}  {s['metric']} ({better} is better)  arm {s['arm']}  {state}"
     )
     console.print(
-        f"trials: {s['trials_proposed']} proposed, {s['trials_scored']} scored, {s['in_flight']} in flight,"
-        f" budget {s['max_trials']}"
+        f"trials ({views.COUNTED}): {s['trials_proposed']} proposed, {s['trials_scored']} scored,"
+        f" {s['in_flight']} in flight, budget {s['max_trials']}"
     )
-    change = "-" if s["improvement_pct"] is None else f"{s['improvement_pct']:+.2f}%"
     console.print(
-        f"baseline {_number(s['baseline_score'])}  ->  best {_number(s['best_score'])}"
-        f" ({s['best_trial'] or '-'})  change {change}"
+        f"baseline {_number(s['baseline_score'])} ({s['baseline_trial'] or '-'})  ->  best {_number(s['best_score'])}"
+        f" ({s['best_trial'] or '-'})  change {views.change_text(s['improvement_pct'], s['direction'])}"
     )
+    if s["best_trial"]:
+        console.print(f"incumbent gates: {views.gates_text(s['best_gates'])}")
     prior = "" if s["noise_prior"] is None else f" (task prior {s['noise_prior'] * 100:.1f}%)"
     console.print(
         f"noise floor {s['noise'] * 100:.1f}%{prior} of the score: a keep must beat the incumbent by more;"
         f" {s['confirmed']} close wins settled by interleaved reruns"
     )
 
+    for rule in s.get("stop_rules") or []:
+        console.print(f"stop rule {rule['rule']}: {rule['says']}")
+
     if s["skipped_events"]:
         reasons = ", ".join(f"{reason} {n}" for reason, n in s["skipped_events"].items())
         console.print(f"[bold red]events not folded[/bold red] (untrusted or unreadable, see arx audit): {reasons}")
 
-    labels = Table(title="labels")
+    title = f"labels ({views.COUNTED})"
+    labels = Table(title=title, min_width=len(title))  # the title on one line
     labels.add_column("label")
     labels.add_column("trials", justify="right")
     for label, n in s["labels"].items():
@@ -99,10 +130,10 @@ def render(summary: dict, console: Console) -> None:
         (row["trial_id"], row["specialist"], row["label"], _number(row["score"]), _number(row["delta"], 3))
         for row in s["recent"]
     ]
-    names = ("trial", "specialist", "label", "score", "delta")
+    names = ("trial", "specialist", "label", "score", DELTA)
     widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(names)]
     for name, width in zip(names, widths):
-        recent.add_column(name, justify="right" if name in ("score", "delta") else "left", min_width=width)
+        recent.add_column(name, justify="right" if name in ("score", DELTA) else "left", min_width=width)
     # The hypothesis gets what is left of the line (each column adds 2 padding and 1 border).
     left = console.width - sum(widths) - 3 * (len(names) + 1) - 1
     recent.add_column("hypothesis", no_wrap=True, overflow="ellipsis", max_width=max(left, 10))
@@ -110,6 +141,11 @@ def render(summary: dict, console: Console) -> None:
         # Text, not markup: a hypothesis is free text from an agent ("[/tmp] ..." is no closing tag).
         recent.add_row(*map(Text, shown), Text(" ".join(row["hypothesis"].split())))
     console.print(recent)
+
+
+def wide_console() -> Console:
+    """A console that drops no column when stdout is not a terminal."""
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
 
 
 def cli(args) -> int:
@@ -126,5 +162,5 @@ def cli(args) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        render(summary, Console())
+        render(summary, wide_console())
     return 0

@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # Start arx on this machine and run a campaign:
-#   scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--measure-noise RUNS] [--wait | --detach]
+#   scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--measure-noise RUNS]
+#                 [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--wait | --detach]
 # Sets up .venv, starts nats-server (unless one answers at NATS_URL), the projector, the evaluators,
 # K executors and the default specialists (pids and logs under .arx/), starts a campaign and shows
 # its progress. --measure-noise times RUNS runs of the starting recipe first and records that noise
-# floor in the campaign instead of the task's prior. Run again, it reuses whatever is still running.
+# floor in the campaign instead of the task's prior. --plateau, --failure-storm and --deadline are the
+# campaign's stop rules (see `arx campaign start --help`). Run again, it reuses whatever is still running.
 #
 # On another host, join a campaign that runs elsewhere with one role's processes only:
 #   scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K] [--task NAME]
 # URL is the servers' NATS_URL; give the role's credential in ARX_CREDENTIALS (and the servers' CA in
 # ARX_TLS_CA for tls:// servers). agents join the latest running campaign of --task.
 # scripts/down.sh stops exactly what up.sh started on this host.
+# scripts/up.sh -h (or --help) prints this usage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 task=digits-speedrun trials=30 executors=1 evaluators=1 mode=watch noise_runs= join= role=
+stop_rules=()  # passed on to `arx campaign start`
 usage() {
-    echo "usage: scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--measure-noise RUNS] [--wait | --detach]" >&2
+    echo "usage: scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--measure-noise RUNS]" >&2
+    echo "                     [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--wait | --detach]" >&2
     echo "       scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K] [--task NAME]" >&2
+    echo "       scripts/up.sh -h | --help" >&2
     exit 2
 }
 while [ $# -gt 0 ]; do
@@ -29,6 +35,7 @@ while [ $# -gt 0 ]; do
         --join) join=${2:?--join needs the servers\' URL}; shift 2 ;;
         --role) role=${2:?--role needs a value}; shift 2 ;;
         --measure-noise) noise_runs=${2:?--measure-noise needs a value}; shift 2 ;;
+        --plateau|--failure-storm|--deadline) stop_rules+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
         --wait) mode=wait; shift ;;
         --detach) mode=detach; shift ;;
         -h|--help) usage ;;
@@ -108,7 +115,8 @@ campaign=$($arx campaign running --task "$task")
 if [ -n "$campaign" ]; then
     echo "reusing running campaign $campaign"
 else
-    campaign=$($arx campaign start --task "$task" --trials "$trials" ${noise_runs:+--measure-noise "$noise_runs"})
+    campaign=$($arx campaign start --task "$task" --trials "$trials" ${noise_runs:+--measure-noise "$noise_runs"} \
+        ${stop_rules[@]+"${stop_rules[@]}"})
     echo "started campaign $campaign ($trials trials of $task)"
 fi
 start_agents "$campaign"

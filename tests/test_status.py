@@ -50,15 +50,25 @@ def test_status_reads_the_log_or_a_file(cluster, tmp_path):
         5, 10.0, 9.0, "t0"
     )
     assert (first["improvement_pct"], first["noise"], first["task"]) == (-10.0, 0.03, "digits-speedrun")
+    assert first["best_gates"] == [{"metric": "accuracy", "measured": 0.97, "limit": 0.96, "passed": True},
+                                   {"metric": "seeds", "measured": 3, "limit": 3, "passed": True}]
 
     db = tmp_path / "lineage.db"
     assert cluster.arx("replay", "--db", str(db)).returncode == 0
-    assert status(cluster, "--db", str(db), "--campaign", "first") == first
+    from_file = status(cluster, "--db", str(db), "--campaign", "first")
+    # The stop rules live in CampaignStarted, which only the log holds.
+    assert (from_file.pop("stop_rules"), first.pop("stop_rules")) == (None, [])
+    assert from_file == first
 
     table = cluster.arx("status", "--db", str(db), "--campaign", "first")
     assert table.returncode == 0, table.stderr
-    for shown in ("first", "digits-speedrun", "lower is better", "-10.00%", "noise floor 3.0%", "harness_abort",
-                  "t0", "tpe-optimizer"):
+    for shown in ("first", "digits-speedrun", "lower is better", "change -10.000% (lower is better)",
+                  "noise floor 3.0%", "harness_abort", "t0", "tpe-optimizer",
+                  "trials (baseline included): 7 proposed, 5 scored, 0 in flight",
+                  "incumbent gates: accuracy 0.97 (limit 0.96) passed, seeds 3 (limit 3) passed",
+                  "labels (baseline included)", "delta vs incumbent",
+                  # Piped, the table keeps its last column whole (rich would cut it at 80 columns).
+                  "t0: a larger learning rate converges in fewer epochs"):
         assert shown in table.stdout, (shown, table.stdout)
 
 

@@ -9,34 +9,41 @@ import pytest
 from bus.connection import Bus
 from bus.events import CampaignStopped, StopRules
 from cluster import Cluster
-from evaluators.stop_rules import parse_duration, parse_storm, progress, rules_from, stop_reason
+from projections.stop_rules import Recent, parse_duration, parse_storm, progress, rules_from, stop_reason
 from tiny_tasks import WAIT_S, edit, proposal, use_tasks, wait_event, write_task
 
 
-def test_a_plateau_counts_only_counted_outcomes_since_the_last_keep():
+def counted(*labels: str) -> Recent:
+    return Recent(list(labels), [], 0.0)
+
+
+def outcomes(*labels: str) -> Recent:
+    return Recent([], list(labels), 0.0)
+
+
+def test_a_plateau_is_counted_outcomes_without_a_keep():
     rules = StopRules(plateau=3)
-    assert stop_reason(rules, ["discard", "crash", "discard"], 0) == "plateau: no keep in the last 3 trials"
-    assert stop_reason(rules, ["discard", "discard", "keep", "discard"], 0) is None
-    # Abandoned trials are the harness's, not the recipe's: they neither count nor break a plateau.
-    assert stop_reason(rules, ["discard", "harness_abort", "discard", "keep"], 0) is None
-    assert progress(rules, ["discard", "discard", "keep"], 0)[0]["now"] == 2
+    assert stop_reason(rules, counted("discard", "crash", "discard")) == "plateau: no keep in the last 3 trials"
+    assert stop_reason(rules, counted("discard", "discard", "keep")) is None
+    assert stop_reason(rules, counted("discard", "discard")) is None  # not 3 yet
+    assert progress(rules, counted("discard", "discard", "keep"))[0]["now"] == 2
 
 
 def test_a_failure_storm_is_one_kind_of_failure_above_its_share():
     rules = rules_from(None, "50/4", None)
     assert (rules.storm_percent, rules.storm_window) == (50.0, 4)
-    assert stop_reason(rules, ["crash", "crash", "crash", "keep"], 0) == (
+    assert stop_reason(rules, outcomes("crash", "crash", "crash", "keep")) == (
         "failure storm: 3 of the last 4 trials ended in crash")
-    assert stop_reason(rules, ["harness_abort"] * 3 + ["keep"], 0).endswith("ended in harness_abort")
+    assert stop_reason(rules, outcomes(*["harness_abort"] * 3, "keep")).endswith("ended in harness_abort")
     # Failing in different ways is not a storm of one kind; exactly the share is not above it.
-    assert stop_reason(rules, ["crash", "disqualified", "train_budget_overrun", "keep"], 0) is None
-    assert stop_reason(rules, ["crash", "crash", "keep", "keep"], 0) is None
-    assert stop_reason(rules, ["crash", "crash", "crash"], 0) is None  # fewer outcomes than the window
+    assert stop_reason(rules, outcomes("crash", "disqualified", "train_budget_overrun", "keep")) is None
+    assert stop_reason(rules, outcomes("crash", "crash", "keep", "keep")) is None
+    assert stop_reason(rules, outcomes("crash", "crash", "crash")) is None  # fewer outcomes than the window
 
 
 def test_a_deadline_and_bad_flags():
-    assert stop_reason(StopRules(deadline_s=60), [], 61).startswith("deadline: 61s")
-    assert stop_reason(StopRules(deadline_s=60), [], 59) is None
+    assert stop_reason(StopRules(deadline_s=60), Recent([], [], 61.0)).startswith("deadline: 61s")
+    assert stop_reason(StopRules(deadline_s=60), Recent([], [], 59.0)) is None
     assert parse_duration("45m") == 2700 and parse_duration("1.5h") == 5400
     for bad in ("0s", "soon", "5"):
         with pytest.raises(ValueError, match="--deadline"):
@@ -76,3 +83,6 @@ def test_each_rule_stops_a_real_campaign_with_its_reason(arx_env, tmp_path, monk
     assert stops["plateau"].reason == "plateau: no keep in the last 3 trials" and 4 <= stops["plateau"].trials < 20
     assert stops["storm"].reason == "failure storm: 2 of the last 2 trials ended in crash"
     assert stops["deadline"].reason.startswith("deadline: ") and stops["deadline"].trials <= 1
+    # `arx status` says how close the campaign came to its rule.
+    (plateau,) = cluster.status("plateau")["stop_rules"]
+    assert (plateau["rule"], plateau["limit"], plateau["now"]) == ("plateau", 3, 3)
