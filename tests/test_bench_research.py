@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ def test_runs_each_arm_on_its_own_cluster_and_writes_the_section(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ARX_", "NATS_"))}
     env["ARX_TASKS_PATH"] = str(ROOT / "tests" / "tasks")
     command = [sys.executable, "-m", "arx", "bench", "research", "--task", "tiny", "--arms", "lineage,no-lineage",
-               "--trials", "2", "--seeds", "1", "--json", "--benchmarks", str(benchmarks)]
+               "--trials", "2", "--seeds", "1", "--json", "--benchmarks", str(benchmarks), "--keep"]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(done.stdout)
@@ -36,7 +38,19 @@ def test_runs_each_arm_on_its_own_cluster_and_writes_the_section(tmp_path):
     assert "## Replay\n\nother numbers\n" in text
     assert f"## {SECTION}" in text and "`arx bench research --task tiny --arms lineage,no-lineage --trials 2" in text
     assert "| lineage | 0 | 5 |" in text and "| no-lineage | 0 | 5 |" in text
-    assert "logs of the runs" not in done.stderr  # cleaned up after a run that went well
+    # Each run had a nats-server of its own: its own port, its own store holding only its own campaign.
+    workdir = Path(re.search(r"logs of the runs are in (\S+)", done.stderr).group(1))
+    try:
+        listens = {run: (workdir / run / "nats" / "nats.conf").read_text().split("listen: ")[1].split()[0]
+                   for run in ("lineage-0", "no-lineage-0")}
+        assert len(set(listens.values())) == 2, listens
+        for run in listens:
+            streams = (workdir / run / "nats" / "store").rglob("*.blk")
+            held = b"".join(path.read_bytes() for path in streams)
+            other = "no-lineage-0" if run == "lineage-0" else "lineage-0"
+            assert f"research-{run}".encode() in held and f"research-{other}".encode() not in held
+    finally:
+        shutil.rmtree(workdir)
 
 
 def test_a_second_write_replaces_the_section_and_keeps_the_others(tmp_path):
