@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from agents.base import ALL_PATHS, Context, path_in
+from agents.base import Context
 from agents.registry import ARMS
+from bus.edits import ALL_SURFACES, path_in
 from evaluators.spec import TaskSpec
 from projections import views
 
@@ -53,11 +54,11 @@ class Member:
 
 def surface_policies(spec: TaskSpec, surface: str) -> list[str]:
     """The offline policies that have something to work with on a surface ('*': on any)."""
-    paths = None if surface == ALL_PATHS else spec.surface(surface).paths
+    paths = spec.paths_of(surface)
     policies = []
     if any(path_in(k.path, paths) for k in spec.knobs):
         policies.append("tpe")
-    if any(surface in (ALL_PATHS, t.surface) for t in spec.transforms):
+    if any(surface in (ALL_SURFACES, t.surface) for t in spec.transforms):
         policies.append("catalog")
     return policies
 
@@ -66,12 +67,12 @@ def roster(spec: TaskSpec, arm: str) -> list[Member]:
     """The offline agents a campaign of this arm runs."""
     if arm not in ARMS:
         raise ValueError(f"arm {arm!r} is not one of {', '.join(ARMS)}")
-    campaign_wide = [Member(p, p, ALL_PATHS) for p in CAMPAIGN_POLICIES]
+    campaign_wide = [Member(p, p, ALL_SURFACES) for p in CAMPAIGN_POLICIES]
     if arm == "generalist":
-        return [Member(p, f"{p}-all", ALL_PATHS) for p in surface_policies(spec, ALL_PATHS)] + campaign_wide
+        return [Member(p, f"{p}-all", ALL_SURFACES) for p in surface_policies(spec, ALL_SURFACES)] + campaign_wide
     specialists = [
         Member(p, f"{p}-{s.name}", s.name) for s in spec.surfaces for p in surface_policies(spec, s.name)
     ]
     if arm == "generic":
-        return [Member(m.policy, f"agent-{i}", ALL_PATHS) for i, m in enumerate(specialists, 1)] + campaign_wide
+        return [Member(m.policy, f"agent-{i}", ALL_SURFACES) for i, m in enumerate(specialists, 1)] + campaign_wide
     return specialists + campaign_wide

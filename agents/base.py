@@ -20,7 +20,7 @@ from agents.trees import Trees
 from bus.connection import Bus
 from bus.events import SpecialistJoined, TrialProposed, check_token, oversize
 from bus.settings import Settings, load_settings
-from evaluators.spec import Task, TaskSpec, campaign_task
+from evaluators.spec import Task, campaign_task
 from projections import reads, views
 from projections.follow import LiveLineage
 from projections.lineage import Lineage
@@ -28,7 +28,6 @@ from projections.views import Incumbent
 
 log = logging.getLogger("arx.agent")
 
-ALL_PATHS = "*"
 # Trial ids are "<specialist>-<nnnn>-<6 hex>" and must stay a 64-character subject token.
 MAX_SPECIALIST_CHARS = 52
 FOLD_TIMEOUT_S = 30.0
@@ -87,23 +86,6 @@ class Context:
     async def tree(self, trial_id: str) -> dict[str, str]:
         """The files of any trial of this campaign, for a policy that picks another parent."""
         return await self.trees.tree(trial_id)
-
-
-def surface_paths(spec: TaskSpec, surface: str) -> list[str] | None:
-    """The paths a surface may edit; None means every path ('*')."""
-    if surface == ALL_PATHS:
-        return None
-    try:
-        return spec.surface(surface).paths
-    except KeyError as exc:
-        raise ValueError(exc.args[0]) from None
-
-
-def path_in(path: str, paths: list[str] | None) -> bool:
-    """Is path one of paths (None: every path)? A path ending in "/" covers a whole folder."""
-    if paths is None:
-        return True
-    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
 
 
 def breaker_wait(recent: list[str]) -> float:
@@ -202,7 +184,7 @@ class Specialist:
         c = camp["campaign_id"]
         if camp["stopped_at"] is None:
             task = campaign_task(camp["task"], camp["spec"])
-            surface_paths(task.spec, self.surface)  # an unknown surface fails here, before joining
+            task.spec.paths_of(self.surface)  # an unknown surface fails here, before joining
             await self._join(bus, live.lineage, c)
             trees = Trees(bus, live.lineage, c)
             await self._loop(bus, live, c, task, trees)

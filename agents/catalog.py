@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agents.arms import draw_seed, sees_lineage
-from agents.base import ALL_PATHS, Context, Proposal, Specialist
+from agents.base import Context, Proposal, Specialist
+from bus.edits import ALL_SURFACES
 from agents.edits import EditError, diff_trees, knob_values, read_knob, set_knob
 from evaluators.spec import PLACEHOLDER, Knob, TaskSpec, Transform
 from projections import reads
@@ -130,7 +131,7 @@ class Candidate:
 
 
 def surface_transforms(spec: TaskSpec, surface: str) -> list[Transform]:
-    return [t for t in spec.transforms if surface in (ALL_PATHS, t.surface)]
+    return [t for t in spec.transforms if surface in (ALL_SURFACES, t.surface)]
 
 
 def candidates(files: Mapping[str, str], transforms: list[Transform], knobs: list[Knob]) -> list[Candidate]:

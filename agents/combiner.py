@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.arms import sees_lineage
-from agents.base import Context, Proposal, Specialist, path_in, surface_paths
+from agents.base import Context, Proposal, Specialist
+from bus.edits import path_in
 from agents.edits import NO_NEWLINE, knob_values
 from projections import reads, views
 from projections.views import Trial
@@ -140,7 +141,7 @@ class CombinerSpecialist(Specialist):
         if merge.files in (ours_files, theirs_files):
             return None
         diff = tree_diff(ours_files, merge.files)
-        paths = surface_paths(context.task.spec, context.surface)
+        paths = context.task.spec.paths_of(context.surface)
         changed = [p for p in merge.files.keys() | ours_files.keys() if merge.files.get(p) != ours_files.get(p)]
         if not all(path_in(p, paths) for p in changed):
             return None  # the merge reaches outside this combiner's surface

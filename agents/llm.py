@@ -22,7 +22,7 @@ import openai
 
 from agents import llm_prompt
 from agents.arms import arm_of, view_arm
-from agents.base import Context, Proposal, Specialist, surface_paths
+from agents.base import Context, Proposal, Specialist
 from agents.lineage_view import ViewLimits, build_view
 from agents.llm_edits import ANSWER_SCHEMA, AnswerError, EditRules, apply_answer, parse_answer
 from bus.settings import Settings
@@ -130,7 +130,7 @@ class LLMSpecialist(Specialist):
             return None
         arm = "no-lineage" if self.no_lineage else view_arm(arm_of(context))
         view = build_view(context.lineage, context.campaign_id, self.specialist, arm=arm, limits=self.limits)
-        rules = EditRules.for_task(context.task, self.surface, surface_paths(context.task.spec, self.surface))
+        rules = EditRules.for_task(context.task, self.surface, context.task.spec.paths_of(self.surface))
         conversation = llm_prompt.messages(context, view, rules)
         usage = Usage()
         tries = self.settings.llm_repair_rounds + 1

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from agents.base import path_in
 from agents.edits import EditError, apply_diff, unified_diff
 from evaluators.spec import Task
-from executors.edits import check_edit, diff_paths
+from bus.edits import check_edit, diff_paths, path_in
 
 # Size caps: a bigger answer or edit is refused before it is parsed or applied.
 MAX_ANSWER_CHARS = 200_000

@@ -18,7 +18,8 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial, TrialState
 
 from agents.arms import draw_seed, sees_lineage
-from agents.base import Context, Proposal, Specialist, path_in, surface_paths
+from agents.base import Context, Proposal, Specialist
+from bus.edits import path_in
 from agents.edits import diff_trees, knob_values, set_knob
 from evaluators.spec import Knob
 from projections import reads, views
@@ -37,7 +38,7 @@ PASSED_LABELS = ("keep", "discard", "within_noise")
 def surface_knobs(context: Context) -> list[Knob]:
     """The task's knobs in files this specialist's surface may edit (and no edit may touch frozen ones)."""
     spec = context.task.spec
-    paths = surface_paths(spec, context.surface)
+    paths = spec.paths_of(context.surface)
     return [k for k in spec.knobs if path_in(k.path, paths) and not path_in(k.path, spec.frozen)]
 
 

@@ -10,8 +10,6 @@ this host's node of a cluster.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bus.server import Node, ensure_server, provision, start_node
 from bus.settings import load_settings
 from bus.tls import ensure_node_cert

@@ -21,6 +21,8 @@ from types import ModuleType
 
 import msgspec
 
+from bus.edits import path_in, surface_paths
+
 from evaluators.contract import check_module
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -191,9 +193,15 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for transform in self.transforms:
             if transform.surface not in names:
                 raise ValueError(f"transform {transform.name}: no surface {transform.surface!r}")
-            paths = self.surface(transform.surface).paths
-            if not any(transform.path == p or (p.endswith("/") and transform.path.startswith(p)) for p in paths):
+            if not path_in(transform.path, self.surface(transform.surface).paths):
                 raise ValueError(f"transform {transform.name}: {transform.path} is not in surface {transform.surface}")
+
+    def paths_of(self, surface: str) -> list[str] | None:
+        """The paths a trial on this surface may edit (bus.edits.surface_paths); ValueError for an unknown one."""
+        try:
+            return surface_paths({s.name: s.paths for s in self.surfaces}, surface)
+        except ValueError as exc:
+            raise ValueError(f"task {self.name}: {exc}") from None
 
     def surface(self, name: str) -> Surface:
         for surface in self.surfaces:

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bus.edits import diff_paths
 from evaluators.spec import Gate, Task, TaskSpec
-from executors.edits import diff_paths
 from executors.sandbox import Limits, RunResult
 
 log = logging.getLogger("arx.preflight")

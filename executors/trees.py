@@ -22,8 +22,8 @@ from pathlib import Path
 import git
 
 from bus import subjects
+from bus.edits import EditProblem, InvalidEdit, check_edit
 from bus.events import CampaignStarted, TrialProposed, check_token
-from executors.edits import EditProblem, InvalidEdit, check_edit
 
 __all__ = ["CampaignRepo", "EditProblem", "InvalidEdit", "check_edit", "materialize"]
 

@@ -28,6 +28,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from bus import subjects
 from bus.connection import Bus
+from bus.edits import EditProblem, InvalidEdit, check_edit
 from bus.events import (
     CampaignStarted,
     PREFLIGHT_STAGE,
@@ -49,7 +50,6 @@ from bus.logs import setup_logging
 from evaluators.spec import Task, TaskSpec, campaign_task, pack_folder
 from executors import preflight
 from executors.devices import CPU, Devices, device_class, parse_devices
-from executors.edits import ANY_PATH, EditProblem, InvalidEdit, check_edit
 from executors.sandbox import Limits, RunResult, run_command
 from executors.trees import CampaignRepo, materialize
 
@@ -57,8 +57,6 @@ log = logging.getLogger("arx.executor")
 
 QUEUE = "executors"
 FETCH_TIMEOUT_S = 1.0  # also how long a set `stop` may wait to be noticed between trials
-ALL_PATHS = "*"
-BASELINE_SURFACE = "baseline"  # the campaign's first trial: the bundle as it is, no edit allowed
 # The executor's own writes failing with these ran out of the host's disk, file handles or memory.
 HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
@@ -66,15 +64,6 @@ HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE,
 def queue_name(device_kind: str) -> str:
     """The durable consumer of one device class's executors ("executors" for CPUs, as it always was)."""
     return QUEUE if device_kind == CPU else f"{QUEUE}-{device_kind}"
-
-
-def surface_paths(spec: TaskSpec, surface: str) -> list[str] | None:
-    """The paths a trial on this surface may edit (ANY_PATH for '*'); KeyError for an unknown one."""
-    if surface == ALL_PATHS:
-        return ANY_PATH
-    if surface == BASELINE_SURFACE:
-        return []
-    return spec.surface(surface).paths
 
 
 class HostFault(Exception):
@@ -229,9 +218,9 @@ class Executor:
         )
         started, task, repo = await self._campaign(campaign_id)
         try:
-            problems = check_edit(proposal.diff, surface_paths(task.spec, proposal.surface), task.spec.frozen)
-        except KeyError as exc:
-            problems = [EditProblem(exc.args[0])]
+            problems = check_edit(proposal.diff, task.spec.paths_of(proposal.surface), task.spec.frozen)
+        except ValueError as exc:  # a surface the task does not have
+            problems = [EditProblem(str(exc))]
         if (too_big := oversize(proposal.hypothesis, proposal.diff)) is not None:  # from a client that let it by
             problems = [EditProblem(too_big)]
         if not problems:

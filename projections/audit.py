@@ -35,10 +35,9 @@ from pathlib import Path
 
 import msgspec
 
-from agents.base import ALL_PATHS
 from bus.connection import Bus
+from bus.edits import ANY_PATH, check_edit, surface_paths
 from bus.events import FAILURE_LABELS
-from executors.edits import ANY_PATH, check_edit
 from projections import views
 from projections.follow import catch_up
 from projections.lineage import Lineage
@@ -250,12 +249,11 @@ def domain_audit(spec: dict, trials: list[Trial], declared: dict[str, str]) -> d
         problems = []
         if trial.surface != surface:
             problems.append(f"proposed on surface {trial.surface!r}, but {trial.specialist} joined on {surface!r}")
-        paths = ANY_PATH
-        if surface != ALL_PATHS:
-            if surface in surfaces:
-                paths = surfaces[surface]
-            else:
-                problems.append(f"surface {surface!r} is not one of the task's {sorted(surfaces)}")
+        try:
+            paths = surface_paths(surfaces, surface)
+        except ValueError:
+            paths = ANY_PATH  # the frozen paths still hold
+            problems.append(f"surface {surface!r} is not one of the task's {sorted(surfaces)}")
         problems.extend(str(problem) for problem in check_edit(trial.diff, paths, frozen))
         if problems:
             strayed.append({

@@ -25,7 +25,7 @@ from agents.llm_edits import MAX_ANSWER_CHARS, Answer, AnswerError, EditBlock, E
 from agents.trees import bundle_files
 from bus.connection import Bus
 from evaluators.spec import Task
-from executors.edits import check_edit
+from bus.edits import check_edit
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,6 @@
-"""Which paths a trial's unified diff touches, and whether the trial may touch them.
+"""Which paths a trial's unified diff touches, and whether the trial may touch them: the one home of
+the surface and path rules that agents (before proposing), executors (before running) and the audit
+(after the fact) apply.
 
 Pure functions: the same diff and surface give the same verdict on every host, before any git runs.
 """
@@ -7,8 +9,11 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Mapping
 from typing import NamedTuple
 
+ALL_SURFACES = "*"  # the surface of a specialist that may edit every path that is not frozen
+BASELINE_SURFACE = "baseline"  # the campaign's first trial: the bundle as it is, no edit allowed
 ANY_PATH = None  # surface_paths value of the "*" surface: every path that is not frozen
 _HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
 _RENAME_OR_COPY = ("rename from ", "rename to ", "copy from ", "copy to ")
@@ -33,21 +38,38 @@ class InvalidEdit(Exception):
         self.path = path
 
 
-def check_edit(diff: str, surface_paths: list[str] | None, frozen_paths: list[str]) -> list[EditProblem]:
+def surface_paths(surfaces: Mapping[str, list[str]], surface: str) -> list[str] | None:
+    """The paths a trial on `surface` may edit, given the task's surfaces (name -> paths): ANY_PATH for
+    "*", none for the baseline; a ValueError that names the task's surfaces for an unknown one."""
+    if surface == ALL_SURFACES:
+        return ANY_PATH
+    if surface == BASELINE_SURFACE:
+        return []
+    if surface not in surfaces:
+        raise ValueError(f"no surface {surface!r} (the task has {sorted(surfaces)})")
+    return surfaces[surface]
+
+
+def path_in(path: str, paths: list[str] | None) -> bool:
+    """Is path one of paths (ANY_PATH: every path)? A path ending in "/" covers a whole folder."""
+    return paths is ANY_PATH or any(path.startswith(p) if p.endswith("/") else path == p for p in paths)
+
+
+def check_edit(diff: str, allowed: list[str] | None, frozen_paths: list[str]) -> list[EditProblem]:
     """Every reason this diff may not be applied; empty when it may.
 
-    A path in surface_paths or frozen_paths that ends in "/" is a folder prefix, any other is one file.
-    surface_paths=ANY_PATH (None) allows every path that is not frozen.
+    A path in `allowed` (a surface's paths) or frozen_paths that ends in "/" is a folder prefix, any
+    other is one file. allowed=ANY_PATH (None) allows every path that is not frozen.
     """
     paths, problems = diff_paths(diff)
     if diff.strip() and not paths and not problems:
         problems.append(EditProblem("the diff names no files"))
     for path in dict.fromkeys(paths):
         reason = _unsafe(path)
-        if reason is None and _matches(path, frozen_paths):
+        if reason is None and path_in(path, frozen_paths):
             reason = "is frozen"
-        if reason is None and surface_paths is not ANY_PATH and not _matches(path, surface_paths):
-            reason = f"is outside the surface's paths {surface_paths}"
+        if reason is None and not path_in(path, allowed):
+            reason = f"is outside the surface's paths {allowed}"
         if reason:
             problems.append(EditProblem(reason, path))
     return problems
@@ -138,5 +160,3 @@ def _unsafe(path: str) -> str | None:
     return None
 
 
-def _matches(path: str, patterns: list[str]) -> bool:
-    return any(path.startswith(p) if p.endswith("/") else path == p for p in patterns)
