@@ -10,7 +10,6 @@ the evaluator itself could not judge it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -25,10 +24,9 @@ from pathlib import Path
 import anyio
 import msgspec
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
-from bus import subjects
+from bus import queue, subjects
 from bus.connection import Bus
 from bus.events import (
     CampaignStarted,
@@ -120,26 +118,7 @@ class Evaluator:
     # -- the work queue -----------------------------------------------------------------------
 
     async def consume(self) -> None:
-        sub = await self.bus.durable(QUEUE, subjects.FINISHES)
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(1, timeout=1.0)
-                except NatsTimeout:
-                    continue
-                except NatsError as exc:  # a reconnect in progress: the message stays in the queue
-                    log.warning("fetch failed: %s", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                for msg in msgs:
-                    try:
-                        await self.handle(msg)
-                    except Exception:  # e.g. the outcome could not be published: unacked, so it comes back
-                        log.exception("message %d left for redelivery", msg.metadata.sequence.stream)
-        finally:
-            # Unsubscribed, a half-done fetch cannot hold up the connection's drain on the way out.
-            with anyio.CancelScope(shield=True), contextlib.suppress(NatsError):
-                await sub.unsubscribe()
+        await queue.work(await self.bus.durable(QUEUE, subjects.FINISHES), self.handle)
 
     async def handle(self, msg) -> None:
         received = time.monotonic()
@@ -154,7 +133,8 @@ class Evaluator:
             log.warning("skipping message %d on %s: %s", msg.metadata.sequence.stream, msg.subject, reason)
             await msg.ack()
             return
-        async with self._keep_alive(msg):
+        # A long evaluation keeps its message, so it is not handed to another evaluator.
+        async with queue.heartbeat(msg, max(self.bus.settings.ack_wait_s / 3, 0.5)):
             await self._caught_up(msg.metadata.sequence.stream)
             if self._has_outcome(event):
                 await msg.ack()  # a redelivery after an outcome was written
@@ -165,24 +145,6 @@ class Evaluator:
         self.outcomes += 1
         log.info("%s %s/%s: %s in %.3fs%s", type(outcome).__name__, event.campaign_id, event.trial_id,
                  outcome.label, time.monotonic() - received, "" if written else " (another outcome was first)")
-
-    @contextlib.asynccontextmanager
-    async def _keep_alive(self, msg):
-        """Tell JetStream we are still on it, so a long evaluation is not handed to another evaluator."""
-        every = max(self.bus.settings.ack_wait_s / 3, 0.5)
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(every)
-                await msg.in_progress()
-
-        beating = asyncio.ensure_future(beat())
-        try:
-            yield
-        finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError, NatsError):
-                await beating
 
     async def _caught_up(self, seq: int) -> None:
         """Wait until the lineage holds every event up to seq; if the follower lags, read the log here."""

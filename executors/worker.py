@@ -24,9 +24,8 @@ from pathlib import Path
 
 import anyio
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
 
-from bus import subjects
+from bus import queue, subjects
 from bus.connection import Bus
 from bus.edits import EditProblem, InvalidEdit, check_edit
 from bus.events import (
@@ -56,7 +55,6 @@ from executors.trees import CampaignRepo, materialize
 log = logging.getLogger("arx.executor")
 
 QUEUE = "executors"
-FETCH_TIMEOUT_S = 1.0  # also how long a set `stop` may wait to be noticed between trials
 # The executor's own writes failing with these ran out of the host's disk, file handles or memory.
 HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
@@ -122,27 +120,6 @@ def run_recipe(
                            allow_subprocess=spec.allow_subprocess)
 
 
-@contextlib.asynccontextmanager
-async def heartbeat(msg, interval_s: float):
-    """Tell NATS the trial is still running, so it is not redelivered to another executor."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await msg.in_progress()
-            except Exception as exc:  # a lost heartbeat costs at worst a redelivery
-                log.warning("heartbeat failed: %s", exc)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 class Executor:
     """Handles one delivered proposal at a time; campaigns' tasks and repos are cached."""
 
@@ -174,14 +151,14 @@ class Executor:
         attempt = msg.metadata.num_delivered
         if isinstance(proposal, TrialConfirmationRequested):
             try:
-                async with heartbeat(msg, self.settings.ack_wait_s / 3):
+                async with queue.heartbeat(msg, self.settings.ack_wait_s / 3):
                     await self._confirm(proposal, attempt)
             except Exception:  # the evaluator stops waiting at its timeout: the trial stays unconfirmed
                 log.exception("reruns of %s in %s failed", proposal.trial_id, proposal.campaign_id)
             await msg.ack()
             return
         try:
-            async with heartbeat(msg, self.settings.ack_wait_s / 3):
+            async with queue.heartbeat(msg, self.settings.ack_wait_s / 3):
                 await self._handle(proposal, attempt)
         except Exception as exc:
             log.exception("trial %s of %s failed in the executor", proposal.trial_id, proposal.campaign_id)
@@ -412,24 +389,7 @@ async def run_executor(
     executor = Executor(bus, name, devices)
     sub = await bus.durable(queue_name(devices.kind), [subjects.PROPOSALS, subjects.CONFIRMATIONS])
     log.info("executor %s waiting for trials on %s", name, ", ".join(devices.names) or CPU)
-    try:
-        while stop is None or not stop.is_set():
-            try:
-                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
-            except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either on an empty fetch
-                continue
-            except Exception as exc:  # disconnected: nats-py reconnects on its own
-                log.warning("fetch failed: %s", exc)
-                await asyncio.sleep(FETCH_TIMEOUT_S)
-                continue
-            for msg in msgs:
-                try:
-                    await executor.handle(msg)
-                except Exception:  # the bus failed: leave the message unacked for redelivery
-                    log.exception("could not settle message on %s; NATS will redeliver it", msg.subject)
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    await queue.work(sub, executor.handle, stop=stop)
 
 
 def default_name() -> str:
