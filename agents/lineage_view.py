@@ -43,18 +43,6 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Failure:
-    row: Row
-    stage: str | None
-    gate: str | None
-    measured: float | None
-    limit: float | None
-    frame: str | None
-    message: str | None
-    log_tail: str | None
-
-
-@dataclass(frozen=True)
 class Saturation:
     trials: int
     largest_move: float
@@ -80,7 +68,7 @@ class LineageView:
     children_total: int = 0
     recent: list[Row] = field(default_factory=list)
     in_flight: list[Row] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
+    failures: list[view_reads.FailedTrial] = field(default_factory=list)
     saturation: Saturation | None = None
 
     @property
@@ -88,7 +76,7 @@ class LineageView:
         """The trial ids of every row the rendered view shows, each once, in the order shown."""
         rows = [self.incumbent] if self.incumbent else []
         rows += [*self.top, *self.chain, *self.children, *self.recent, *self.in_flight]
-        rows += [f.row for f in self.failures]
+        rows += [_row(f.trial) for f in self.failures]
         return list(dict.fromkeys(r.trial_id for r in rows))
 
     def render(self) -> str:
@@ -175,23 +163,9 @@ class _Queries:
     def in_flight(self) -> list[Row]:
         return [_row(t) for t in view_reads.pending(self.lineage, self.c, self.limits.in_flight)]
 
-    def failures(self, specialist: str) -> list[Failure]:
-        found = view_reads.own_failures(
-            self.lineage, self.c, specialist, self.limits.failure_window, self.limits.failures
-        )
-        return [
-            Failure(
-                row=_row(f.trial),
-                stage=f.stage,
-                gate=f.gate,
-                measured=f.measured,
-                limit=f.limit,
-                frame=f.frame,
-                message=f.message,
-                log_tail=f.log_tail,
-            )
-            for f in found
-        ]
+    def failures(self, specialist: str) -> list[view_reads.FailedTrial]:
+        return view_reads.own_failures(self.lineage, self.c, specialist, self.limits.failure_window,
+                                       self.limits.failures)
 
     def saturation(self, specialist: str, incumbent: float | None, noise: float) -> Saturation | None:
         """Set when this specialist's last scored trials all moved the score by no more than the noise."""
@@ -272,8 +246,8 @@ def _line(r: Row, v: LineageView) -> str:
     return f"- {r.trial_id} [{', '.join(facts)}] {_text(r.hypothesis, v)}"
 
 
-def _failure(f: Failure, v: LineageView) -> list[str]:
-    lines = [_line(f.row, v)]
+def _failure(f: view_reads.FailedTrial, v: LineageView) -> list[str]:
+    lines = [_line(_row(f.trial), v)]
     evidence = [f"stage {f.stage}"] if f.stage else []
     if f.gate:
         measured = f"measured {_num(f.measured)}" if f.measured is not None else "no measurement"

@@ -89,7 +89,7 @@ def test_the_view_shows_each_part_and_names_every_row_it_shows(log):
     assert view.children_total == 5
     assert [r.trial_id for r in view.recent][:3] == ["t8", "t7", "t5"]
     assert [r.trial_id for r in view.in_flight] == ["t6"]
-    assert [f.row.trial_id for f in view.failures] == ["t5", "t4"]
+    assert [f.trial.trial_id for f in view.failures] == ["t5", "t4"]
     assert view.saturation is None
 
     assert "**Incumbent (the best kept trial): t2**, value = 8.5" in text
@@ -107,7 +107,7 @@ def test_the_view_shows_each_part_and_names_every_row_it_shows(log):
 def test_only_this_specialists_failures_are_shown(log):
     small_campaign(log)
     other = build_view(log.lineage, "c1", "other")
-    assert [f.row.trial_id for f in other.failures] == ["t8"]
+    assert [f.trial.trial_id for f in other.failures] == ["t8"]
     nobody = build_view(log.lineage, "c1", "nobody")
     assert nobody.failures == [] and "### Your recent failures (nobody)\n\n- none" in nobody.render()
 

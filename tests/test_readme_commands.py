@@ -39,11 +39,7 @@ def tiny_campaign(arx_env, tmp_path):
     """A finished 4-trial campaign of the tiny task, run by a real evaluator, executor and agent."""
     cluster = Cluster(arx_env, tmp_path / "logs")
     try:
-        cluster.start("evaluator", "evaluator", "--name", "evaluator-1")
-        cluster.start("executor", "executor", "--name", "executor-1")
-        cluster.command("campaign", "start", "--task", "tiny", "--trials", "4", "--campaign", "tiny-doc")
-        cluster.start("agent", "agent", "--specialist", "tpe-main", "--surface", "main", "--campaign", "tiny-doc")
-        summary = cluster.wait_stopped("tiny-doc", timeout=120)
+        summary = cluster.run_tiny_campaign("tiny-doc")
     finally:
         cluster.stop_all()
     assert summary["trials_scored"] == 4, summary

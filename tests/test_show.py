@@ -23,12 +23,7 @@ def campaign(arx_env, tmp_path):
     """A stopped four-trial campaign: the baseline and three TPE trials on the VALUE knob."""
     cluster = Cluster(arx_env, tmp_path / "logs")
     try:
-        cluster.start("evaluator", "evaluator", "--name", "evaluator-1")
-        cluster.start("executor", "executor", "--name", "executor-1")
-        started = cluster.arx("campaign", "start", "--task", "tiny", "--trials", "4", "--campaign", CAMPAIGN)
-        assert started.returncode == 0, started.stderr
-        cluster.start("agent", "agent", "--specialist", "tpe-main", "--surface", "main", "--campaign", CAMPAIGN)
-        yield cluster, cluster.wait_stopped(CAMPAIGN, timeout=180)
+        yield cluster, cluster.run_tiny_campaign(CAMPAIGN)
     finally:
         cluster.stop_all()
 
