@@ -30,7 +30,9 @@ log = logging.getLogger("arx.bus")
 WRONG_SETUP = "was made by an older arx, which let a subject hold several facts"
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 4.0  # one JetStream request; see FAILOVER_S
-FAILOVER_S = 20.0  # how long a JetStream call is asked again while nobody answers it (Bus._through_failover)
+# How long a JetStream call (or a catch-up read) is asked again while nobody answers it: a cluster that
+# lost a node elects new leaders within seconds, longer on a loaded machine.
+FAILOVER_S = 45.0
 SUBJECT_TAKEN = 10077  # JetStream: the subject already holds its one message (max_msgs_per_subject=1)
 _REFUSED = re.compile(r'permissions violation for (?:publish|subscription) to "([^"]+)"', re.IGNORECASE)
 

@@ -8,7 +8,7 @@ import anyio
 import nats.errors
 
 from bus import subjects
-from bus.connection import Bus
+from bus.connection import FAILOVER_S, Bus
 from projections.lineage import Lineage
 
 log = logging.getLogger("arx.follow")
@@ -20,11 +20,22 @@ RETRY_S = 1.0
 
 
 async def catch_up(bus: Bus, lineage: Lineage, *, subject: str = subjects.ALL) -> int:
-    """Fold everything in the stream now (or only what matches subject); returns events applied."""
+    """Fold everything in the stream now (or only what matches subject); returns events applied.
+
+    A read that fails (a cluster electing a new leader for the stream goes quiet for a few seconds)
+    is read again from the checkpoint, for up to FAILOVER_S."""
     applied = 0
-    async for batch in bus.read(start_seq=lineage.checkpoint + 1, subject=subject):
-        applied += lineage.apply(batch)
-    return applied
+    deadline = anyio.current_time() + FAILOVER_S
+    while True:
+        try:
+            async for batch in bus.read(start_seq=lineage.checkpoint + 1, subject=subject):
+                applied += lineage.apply(batch)
+            return applied
+        except BUS_ERRORS as exc:
+            if anyio.current_time() > deadline:
+                raise
+            log_retry(exc)
+            await anyio.sleep(RETRY_S)
 
 
 async def follow(bus: Bus, lineage: Lineage, on_batch=None) -> None:
