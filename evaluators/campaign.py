@@ -83,9 +83,11 @@ async def measured_noise(task: Task, runs: int, devices: str) -> float:
     return noise
 
 
-async def stop_campaign(bus: Bus, campaign_id: str, reason: str) -> bool:
-    # A campaign stops once (its stop has one subject): False when it had already stopped.
-    return await bus.publish(CampaignStopped(campaign_id=campaign_id, producer="arx-campaign", reason=reason))
+async def stop_campaign(bus: Bus, campaign_id: str, reason: str, *, producer: str = "arx-campaign",
+                        trials: int = 0) -> bool:
+    """Stop a campaign by hand, or as the evaluator (with the trials counted); the reason goes in the log.
+    A campaign stops once (its stop has one subject): False when it had already stopped."""
+    return await bus.publish(CampaignStopped(campaign_id=campaign_id, producer=producer, reason=reason, trials=trials))
 
 
 def default_campaign_id(task: str) -> str:

@@ -30,7 +30,6 @@ from bus import queue, subjects
 from bus.connection import Bus
 from bus.events import (
     CampaignStarted,
-    CampaignStopped,
     Event,
     Evidence,
     ReplicateFinished,
@@ -46,6 +45,7 @@ from bus.events import (
 )
 from bus.logs import setup_logging
 from evaluators import labels
+from evaluators.campaign import stop_campaign
 from evaluators.sandbox import SandboxPool, SandboxResult
 from evaluators.official_log import evaluate_log
 from evaluators.spec import Task, TaskSpec, campaign_task
@@ -288,8 +288,7 @@ class Evaluator:
         if reason is None:
             self._prepare(campaign_id)
             return
-        await self.bus.publish(CampaignStopped(campaign_id=campaign_id, producer=self.name, reason=reason,
-                                               trials=counted))
+        await stop_campaign(self.bus, campaign_id, reason, producer=self.name, trials=counted)
         self._stopping.add(campaign_id)
         log.info("campaign %s stopped after %d of %d trials: %s", campaign_id, counted, running.max_trials, reason)
 
