@@ -30,6 +30,7 @@ COMMANDS = {
     "audit": ("projections.audit", "cli", "audit campaigns from the lineage: labels, keep chain, repairs, domains"),
     "show": ("agents.show", "cli_show", "show one trial: hypothesis, label, score, gates, metrics, diffs, log tail"),
     "recipe": ("agents.show", "cli_recipe", "write one trial's whole tree into an empty folder, ready to run"),
+    "history": ("executors.history", "cli", "the campaign's git repo as its history: outcomes as notes, keeps tagged"),
 }
 
 
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--campaign", help="campaign id (default: the latest)")
     show.add_argument("--json", action="store_true", help="print one JSON object")
     recipe.add_argument("--out", required=True, help="the folder to write the tree into (new or empty)")
+
+    history = sub.add_parser("history", help=helps["history"])
+    history.add_argument("--campaign", help="campaign id (default: the latest)")
     return parser
 
 

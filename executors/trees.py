@@ -30,6 +30,9 @@ __all__ = ["CampaignRepo", "EditProblem", "InvalidEdit", "check_edit", "material
 # Host and user git configuration must not change a tree or a commit.
 GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
 GIT_TIMEOUT_S = 120
+# Notes are commits of their own (refs/notes/commits): arx writes them, whoever proposed the trial.
+NOTES_IDENT = {"GIT_AUTHOR_NAME": "arx", "GIT_AUTHOR_EMAIL": "arx@arx", "GIT_COMMITTER_NAME": "arx",
+               "GIT_COMMITTER_EMAIL": "arx@arx"}
 _FAILED_PATH = re.compile(r"error: (?:patch failed: )?(.+?)(?::\d+|: .*)$", re.MULTILINE)
 
 
@@ -131,6 +134,18 @@ class CampaignRepo:
         }
         parents = ["-p", parent] if parent else []
         return self._git("commit-tree", "--no-gpg-sign", tree, *parents, "-F", str(message_file), **ident)
+
+    def annotate(self, sha: str, note: str, *, tags: list[str] = (), branches: list[str] = ()) -> None:
+        """Attach the outcome to a trial's commit as a git note (the commit, and its SHA, stay as executors
+        made them), and point tags or branches at it; run again, it replaces what it wrote before."""
+        with self.locked(), tempfile.TemporaryDirectory(prefix="arx-note-") as scratch:
+            note_file = Path(scratch) / "note"
+            note_file.write_bytes(note.encode("utf-8", "surrogateescape"))
+            self._git("notes", "add", "--force", "-F", str(note_file), sha, **NOTES_IDENT)
+            for tag in tags:
+                self._git("tag", "--force", tag, sha)
+            for branch in branches:
+                self._git("branch", "--force", branch, sha)
 
     def export(self, commit: str, dest_dir: Path) -> Path:
         """Write the commit's files into dest_dir, which must not exist yet; no .git comes along."""
