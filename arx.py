@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help=helps["export"])
     export.add_argument("--campaign", help="campaign id (default: the latest)")
     export.add_argument("file", help="the event file to write")
+    export.add_argument("--objects", action="store_true",
+                        help="also write every object the events point at (bundle, logs, artifacts) into FILE.objects/")
 
     import_ = sub.add_parser("import", help=helps["import"])
     import_.add_argument("file", help="an event file written by `arx export` or `arx import-tsv --to-file`")

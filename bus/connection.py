@@ -275,8 +275,10 @@ class Bus:
             opt_start_seq=start_seq,
             ack_policy=api.AckPolicy.NONE,
             inactive_threshold=60.0,
-            # A reader's cursor is worth no Raft group of its own on a cluster: it reads again if its node dies.
-            num_replicas=1,
+            # As many copies as the stream: JetStream places a one-copy cursor on any node, a dead one
+            # included, and then keeps a reader waiting until it notices (a minute); in memory, as it is
+            # thrown away after the read.
+            num_replicas=self.replicas(),
             mem_storage=True,
             filter_subject=subject,
         )

@@ -25,6 +25,7 @@ from bus.events import (
     UnknownEvent,
     decode_stored,
 )
+from bus.objectfile import import_objects
 
 class ImportReport(msgspec.Struct, kw_only=True):
     """What an import did with each non-blank line; every line lands in exactly one count but upcast."""
@@ -194,12 +195,14 @@ async def import_file(bus: Bus, path: Path | str) -> ImportReport:
 
 
 def cli_import(args) -> int:
-    async def run() -> ImportReport:
+    async def run() -> tuple[ImportReport, int]:
         async with await Bus.connect(role="admin", name="arx-import") as bus:
-            return await import_file(bus, args.file)
+            # The objects first (for a file exported with them), so that no event points at a missing one.
+            stored = await import_objects(bus, args.file)
+            return await import_file(bus, args.file), stored
 
-    report = asyncio.run(run())
-    print(f"imported {args.file}: {report.describe()}", flush=True)
+    report, stored = asyncio.run(run())
+    print(f"imported {args.file}: {report.describe()}" + (f"; {stored} objects" if stored else ""), flush=True)
     # An import run again (every event already present) did its job; a file with none of its events
     # in the stream afterwards, or with lines it could not read, did not.
     if report.corrupt:

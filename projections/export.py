@@ -1,24 +1,30 @@
 """`arx export`: a campaign's events to an event file (bus/eventfile.py), by default the latest
-campaign's, found as `arx status` and `arx watch` find it."""
+campaign's, found as `arx status` and `arx watch` find it; with --objects, the objects they point at
+beside it (bus/objectfile.py), so the campaign moves to another log whole."""
 
 from __future__ import annotations
 
 import anyio
 
 from bus.connection import Bus
-from bus.eventfile import export_campaign
+from bus.eventfile import export_campaign, iter_file
+from bus.events import decode_stored
+from bus.objectfile import export_objects, refs_of
 from projections.status import _latest_campaign
 
 
-async def _export(campaign: str | None, path: str) -> tuple[str, int]:
+async def _export(campaign: str | None, path: str, objects: bool) -> tuple[str, int, int]:
     async with await Bus.connect(role="reader", name="arx-export") as bus:
         campaign = campaign or await _latest_campaign(bus)
         if campaign is None:
             raise ValueError(f"no campaign has started in stream {bus.settings.stream}")
-        return campaign, await export_campaign(bus, campaign, path)
+        count = await export_campaign(bus, campaign, path)
+        refs = [ref for msg in iter_file(path) for ref in refs_of(decode_stored(None, msg.data))] if objects else []
+        return campaign, count, await export_objects(bus, refs, path) if objects else 0
 
 
 def cli(args) -> int:
-    campaign, count = anyio.run(_export, args.campaign, args.file)
-    print(f"exported {count} events of {campaign} to {args.file}")
+    campaign, count, stored = anyio.run(_export, args.campaign, args.file, args.objects)
+    objects = f" and {stored} objects to {args.file}.objects/" if args.objects else ""
+    print(f"exported {count} events of {campaign} to {args.file}{objects}")
     return 0
