@@ -21,7 +21,7 @@ from bus import subjects
 from bus.events import Event, ObjectRef, decode, encode
 from bus.pull_reader import PullReader, StoredMessage
 from bus.roles import check_seed
-from bus.server import ensure_server
+from bus.server import ensure_server, server_urls
 from bus.settings import Settings, load_settings
 from bus.tls import client_context
 
@@ -71,7 +71,7 @@ class Bus:
             check_seed(seed)
         refused: set[str] = set()
         first_error = asyncio.get_running_loop().create_future()
-        servers = [one.strip() for one in url.split(",")]
+        servers = server_urls(url)
         unreachable = 0
 
         async def on_error(exc: Exception) -> None:

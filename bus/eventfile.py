@@ -21,11 +21,12 @@ from bus.events import (
     CampaignStarted,
     Event,
     Misfiled,
+    ObjectRef,
     NewerSchema,
     UnknownEvent,
     decode_stored,
 )
-from bus.objectfile import import_objects
+from bus.objectfile import import_objects, refs_of
 
 class ImportReport(msgspec.Struct, kw_only=True):
     """What an import did with each non-blank line; every line lands in exactly one count but upcast."""
@@ -92,30 +93,34 @@ def iter_file(path: Path | str) -> Iterator[StoredMessage]:
 # -- export ---------------------------------------------------------------------------------------
 
 
-def misfiled(msg: StoredMessage) -> bool:
-    """An event that is not on its own subject: the fold never trusts it, and a file, which records no
-    subjects, would pass it off as one that is."""
+def exportable(msg: StoredMessage) -> tuple[bool, Event | None]:
+    """Whether the message goes into an event file, and its event when it decodes. An event that is not
+    on its own subject stays out: the fold never trusts it, and a file, which records no subjects, would
+    pass it off as one that is. One that does not decode is kept as recorded: every reader skips it."""
     try:
-        decode_stored(msg.subject, msg.data)
+        return True, decode_stored(msg.subject, msg.data)
     except Misfiled:
-        return True
+        return False, None
     except (msgspec.DecodeError, UnknownEvent):
-        pass  # kept as recorded: every reader skips it just the same
-    return False
+        return True, None
 
 
-async def export_campaign(bus: Bus, campaign_id: str, path: Path | str) -> int:
+async def export_campaign(bus: Bus, campaign_id: str, path: Path | str, *, refs: list[ObjectRef] | None = None) -> int:
     """Write every event of the campaign, in stream order, to path (atomically); returns how many.
-    Events on a subject not their own are left out (the fold skips them too)."""
+    Events on a subject not their own are left out (the fold skips them too). Given a list, `refs`
+    collects the objects the events point at, for bus/objectfile.py."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     count = 0
     with open(partial, "wb") as out:
         async for batch in bus.read(subject=subjects.of_campaign(campaign_id)):
             for msg in batch:
-                if not misfiled(msg):
+                keep, event = exportable(msg)
+                if keep:
                     out.write(msg.data + b"\n")
                     count += 1
+                    if refs is not None and event is not None:
+                        refs += refs_of(event)
     if count == 0:
         partial.unlink()
         raise ValueError(f"campaign {campaign_id!r} has no events in stream {bus.settings.stream}")

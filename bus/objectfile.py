@@ -47,7 +47,11 @@ async def import_objects(bus: Bus, event_file: Path | str) -> int:
     folder = objects_folder(event_file)
     if not (folder / MANIFEST).is_file():
         return 0
-    refs = [msgspec.json.decode(line, type=ObjectRef) for line in (folder / MANIFEST).read_bytes().splitlines() if line]
+    try:
+        refs = [msgspec.json.decode(line, type=ObjectRef) for line in (folder / MANIFEST).read_bytes().splitlines()
+                if line]
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"{folder / MANIFEST}: not a manifest of objects ({exc})") from None
     loaded = []
     for ref in refs:
         data = (folder / ref.sha256).read_bytes()

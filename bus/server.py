@@ -32,10 +32,15 @@ def nats_server_binary() -> str:
     return found
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers a NATS_URL names: one, or a cluster's several separated by commas (as the nats CLI takes them)."""
+    return [one.strip() for one in url.split(",") if one.strip()]
+
+
 def reachable(url: str, timeout: float = 0.5) -> bool:
-    """Whether any of the servers in `url` (one, or several separated by commas) accepts a connection."""
-    for one in url.split(","):
-        parsed = urlparse(one.strip())
+    """Whether any of the servers in `url` accepts a connection."""
+    for one in server_urls(url):
+        parsed = urlparse(one)
         try:
             with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 4222), timeout):
                 return True
@@ -157,7 +162,7 @@ def ensure_server(settings: Settings, *, start: bool = False) -> str:
     parsed = urlparse(url)
     if settings.nats_url and not start:
         raise RuntimeError(f"no nats-server answers at NATS_URL={url}: start it (`arx server`) or unset NATS_URL")
-    if "," in url or parsed.hostname not in LOOPBACK:
+    if len(server_urls(url)) > 1 or parsed.hostname not in LOOPBACK:
         raise RuntimeError(f"NATS_URL {url} does not answer, and arx only starts a server on this host")
     start_node(settings, Node(listen=f"127.0.0.1:{parsed.port or 4222}"))
     os.environ.setdefault("NATS_URL", url)

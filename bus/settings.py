@@ -68,10 +68,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def credentials_dir(self) -> Path:
         return self.home / "credentials"
 
-    @property
-    def servers(self) -> list[str]:
-        return [url.strip() for url in (self.nats_url or "").split(",") if url.strip()]
-
     def with_url(self, url: str) -> "Settings":
         return msgspec.structs.replace(self, nats_url=url)
 

@@ -7,19 +7,19 @@ from __future__ import annotations
 import anyio
 
 from bus.connection import Bus
-from bus.eventfile import export_campaign, iter_file
-from bus.events import decode_stored
-from bus.objectfile import export_objects, refs_of
-from projections.status import _latest_campaign
+from bus.eventfile import export_campaign
+from bus.events import ObjectRef
+from bus.objectfile import export_objects
+from projections.status import latest_campaign
 
 
 async def _export(campaign: str | None, path: str, objects: bool) -> tuple[str, int, int]:
     async with await Bus.connect(role="reader", name="arx-export") as bus:
-        campaign = campaign or await _latest_campaign(bus)
+        campaign = campaign or await latest_campaign(bus)
         if campaign is None:
             raise ValueError(f"no campaign has started in stream {bus.settings.stream}")
-        count = await export_campaign(bus, campaign, path)
-        refs = [ref for msg in iter_file(path) for ref in refs_of(decode_stored(None, msg.data))] if objects else []
+        refs: list[ObjectRef] = []
+        count = await export_campaign(bus, campaign, path, refs=refs if objects else None)
         return campaign, count, await export_objects(bus, refs, path) if objects else 0
 
 

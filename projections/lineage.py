@@ -241,5 +241,9 @@ def _event(msg: StoredMessage) -> Event | tuple[str, str]:
         return "corrupt", str(exc)[:500]
 
 
+# The outcomes a campaign's trial budget counts: scored or rejected, not abandoned by the harness.
+BUDGETED = "outcome IN ('TrialScored', 'TrialRejected')"
+
+
 def loads(text: str | None):
     return json.loads(text) if text else None

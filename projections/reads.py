@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from projections.lineage import Lineage
+from projections.lineage import BUDGETED, Lineage
 
 
 class Running(msgspec.Struct, frozen=True):
@@ -69,7 +69,7 @@ def running_campaigns(lineage: Lineage) -> list[Running]:
 def latest_labels(lineage: Lineage, campaign_id: str, limit: int, *, counted: bool = False) -> list[str]:
     """The labels of the campaign's last `limit` outcomes (only those the budget counts: scored or
     rejected), newest first, its root trial (the baseline) aside."""
-    kinds = "outcome IN ('TrialScored', 'TrialRejected')" if counted else "outcome_seq IS NOT NULL"
+    kinds = BUDGETED if counted else "outcome_seq IS NOT NULL"
     return [label for (label,) in lineage.db.execute(
         f"SELECT label FROM trials WHERE campaign_id = ? AND {kinds} AND parent_id IS NOT NULL"
         " ORDER BY outcome_seq DESC LIMIT ?", (campaign_id, limit),

@@ -68,7 +68,7 @@ async def rules_progress(bus: Bus, lineage: Lineage, summary: dict) -> list[dict
 
 async def fold_campaign(bus: Bus, campaign: str | None) -> tuple[str, Lineage] | None:
     """The campaign's id (default: the latest started) and its events alone folded into memory."""
-    campaign = campaign or await _latest_campaign(bus)
+    campaign = campaign or await latest_campaign(bus)
     if campaign is None:
         return None
     lineage = Lineage()
@@ -76,7 +76,8 @@ async def fold_campaign(bus: Bus, campaign: str | None) -> tuple[str, Lineage] |
     return campaign, lineage
 
 
-async def _latest_campaign(bus: Bus) -> str | None:
+async def latest_campaign(bus: Bus) -> str | None:
+    """The id of the campaign started last (the default of status, watch, show and export), or None."""
     started = Lineage()
     await catch_up(bus, started, subject=subjects.STARTED_CAMPAIGNS)  # few events: no need to read the rest
     latest = views.campaign(started)

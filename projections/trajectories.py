@@ -85,7 +85,10 @@ def import_events(path: Path | str, campaign_id: str, *, fmt: str | None = None,
 def _autoresearch(path: Path, metric: str | None) -> tuple[list[Record], str, list[str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle, delimiter="\t", strict=False))
-    header, data = rows[0], [r for r in rows[1:] if any(f.strip() for f in r)]
+    header, data = (rows or [[]])[0], [r for r in rows[1:] if any(f.strip() for f in r)]
+    missing = [name for name in AUTORESEARCH_COLUMNS if name not in header]
+    if missing or len(header) < 2:
+        raise ValueError(f"{path}: not an autoresearch results.tsv, missing columns: {', '.join(missing) or 'the score'}")
     if not data:
         raise ValueError(f"{path}: a header but no rows")
     # The format's second column is the score it was judged on (val_bpb in the original).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from projections.lineage import Lineage, loads
+from projections.lineage import BUDGETED, Lineage, loads
 
 
 class Incumbent(msgspec.Struct, frozen=True):
@@ -113,7 +113,7 @@ def trial_count(lineage: Lineage, campaign_id: str, specialist: str) -> int:
 def counted_outcomes(lineage: Lineage, campaign_id: str) -> int:
     """Trials that count against the campaign's budget: scored or rejected, not abandoned."""
     (n,) = lineage.db.execute(
-        "SELECT count(*) FROM trials WHERE campaign_id = ? AND outcome IN ('TrialScored', 'TrialRejected')",
+        f"SELECT count(*) FROM trials WHERE campaign_id = ? AND {BUDGETED}",
         (campaign_id,),
     ).fetchone()
     return n

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,15 @@ from evaluators.unpack import unpack_artifact
 CAMPAIGN = "travels"
 
 
-async def rescored(settings, trial: str) -> float:
-    """The trial's artifact, fetched from the server's object store, scored by the task's own code."""
+async def rescored(settings, trial: str, folder: Path) -> float:
+    """The trial's artifact, fetched from the server's object store into folder, scored by the task's own code."""
     async with await Bus.connect(settings, role="reader") as bus:
         finished = await bus.last_event(subjects.trial(CAMPAIGN, trial, "finished.*"))
         data = await bus.get_object(finished.artifact)
-    task = load_task("tiny").module()
-    return task.metrics(task.predict(unpack_into(data), task.heldout()[0]), None)["value"]
-
-
-def unpack_into(data: bytes) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="arx-artifact-"))
+    folder.mkdir()
     unpack_artifact(data, folder)
-    return folder
+    task = load_task("tiny").module()
+    return task.metrics(task.predict(folder, task.heldout()[0]), None)["value"]
 
 
 def test_a_campaign_exported_with_its_objects_rebuilds_and_rescores_on_a_fresh_server(arx_env, tmp_path):
@@ -63,7 +58,7 @@ def test_a_campaign_exported_with_its_objects_rebuilds_and_rescores_on_a_fresh_s
             for p in here if (tmp_path / "here" / p).is_file()
         )
         # Its artifact, from the fresh server's object store, scores what the log says it scored.
-        assert asyncio.run(rescored(fresh.settings, best)) == pytest.approx(summary["best_score"])
+        assert asyncio.run(rescored(fresh.settings, best, tmp_path / "artifact")) == pytest.approx(summary["best_score"])
         assert json.loads(target.command("status", "--json", "--campaign", CAMPAIGN))["best_score"] == summary["best_score"]
     finally:
         fresh.kill()

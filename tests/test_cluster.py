@@ -27,7 +27,7 @@ TASKS = str(ROOT / "tests" / "tasks")
 TRIALS = 24
 
 
-def role_env(base: Path, role: str, url: str, source_home: Path, **extra: str) -> tuple[dict, Path]:
+def role_env(base: Path, role: str, url: str, source_home: Path) -> tuple[dict, Path]:
     """The environment of a role on a host of its own: a fresh home and working directory holding only a
     copy of the role's own seed, and the install's tasks (the test tasks live in this checkout)."""
     host = base / f"host-{role}"
@@ -36,7 +36,7 @@ def role_env(base: Path, role: str, url: str, source_home: Path, **extra: str) -
     shutil.copy(source_home / "credentials" / f"{role}.nk", seed)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ARX_", "NATS_"))}
     return env | {"NATS_URL": url, "ARX_HOME": str(host / ".arx"), "ARX_CREDENTIALS": str(seed),
-                  "ARX_ACK_WAIT_S": "5", "ARX_TASKS_PATH": TASKS, **extra}, host / "work"
+                  "ARX_ACK_WAIT_S": "5", "ARX_TASKS_PATH": TASKS}, host / "work"
 
 
 def scored(cluster: Cluster, campaign: str) -> int:

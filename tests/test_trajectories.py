@@ -129,3 +129,14 @@ def test_a_file_of_no_known_format_or_without_a_direction_is_one_clear_error(tmp
     with pytest.raises(ValueError, match="give --direction min\\|max"):
         import_events(path, "x")
     assert import_events(path, "x", direction="min").events[0].direction == "min"
+
+
+def test_a_file_forced_into_the_wrong_format_is_one_clear_error(tmp_path):
+    one_column = tmp_path / "results.tsv"
+    one_column.write_text("commit\nabc\n")
+    with pytest.raises(ValueError, match="not an autoresearch results.tsv, missing columns: memory_gb"):
+        import_events(one_column, "x", fmt="autoresearch")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="not an autoresearch results.tsv"):
+        import_events(empty, "x", fmt="autoresearch")
