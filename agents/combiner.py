@@ -9,7 +9,6 @@ from the lineage; in the no-lineage arm there is nothing to merge.
 
 from __future__ import annotations
 
-import difflib
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -18,8 +17,8 @@ from pathlib import Path
 
 from agents.arms import sees_lineage
 from agents.base import Context, Proposal, Specialist
+from agents.edits import knob_values, tree_diff
 from bus.edits import path_in
-from agents.edits import NO_NEWLINE, knob_values
 from projections import reads, views
 from projections.views import Trial
 
@@ -73,23 +72,6 @@ def merge_trees(base: Mapping[str, str], ours: Mapping[str, str], theirs: Mappin
         if result is not None:
             files[path] = result
     return Merge(files, conflicts)
-
-
-def tree_diff(old: Mapping[str, str], new: Mapping[str, str]) -> str:
-    """A git-applyable diff between two trees, with files added or deleted through /dev/null."""
-    parts = []
-    for path in sorted(set(old) | set(new)):
-        a, b = old.get(path), new.get(path)
-        if a == b:
-            continue
-        lines = difflib.unified_diff(
-            (a or "").splitlines(keepends=True),
-            (b or "").splitlines(keepends=True),
-            f"a/{path}" if a is not None else "/dev/null",
-            f"b/{path}" if b is not None else "/dev/null",
-        )
-        parts.append("".join(line if line.endswith("\n") else line + "\n" + NO_NEWLINE for line in lines))
-    return "".join(parts)
 
 
 def ancestors(context: Context, trial_id: str) -> list[str]:

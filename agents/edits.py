@@ -76,10 +76,14 @@ def knob_values(files: Mapping[str, str], knobs: Iterable) -> dict[str, int | fl
     return values
 
 
-def unified_diff(path: str, old_text: str, new_text: str) -> str:
-    """A git-applyable diff of one file (a/ and b/ prefixes); empty when the texts are equal."""
+def unified_diff(path: str, old_text: str | None, new_text: str | None) -> str:
+    """A git-applyable diff of one file (a/ and b/ prefixes; None: the file is added or deleted, through
+    /dev/null); empty when the texts are equal."""
+    if old_text == new_text:
+        return ""
     lines = difflib.unified_diff(
-        old_text.splitlines(keepends=True), new_text.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+        (old_text or "").splitlines(keepends=True), (new_text or "").splitlines(keepends=True),
+        f"a/{path}" if old_text is not None else "/dev/null", f"b/{path}" if new_text is not None else "/dev/null",
     )
     # difflib leaves a last line without its newline as is; git wants the line ended plus a marker.
     return "".join(line if line.endswith("\n") else line + "\n" + NO_NEWLINE for line in lines)
@@ -89,7 +93,12 @@ def diff_trees(old: Mapping[str, str], new: Mapping[str, str]) -> str:
     """One diff for every file that changed between two trees with the same paths."""
     if old.keys() != new.keys():
         raise EditError(f"diff_trees compares trees with the same files, not {sorted(old)} and {sorted(new)}")
-    return "".join(unified_diff(path, old[path], new[path]) for path in sorted(old))
+    return tree_diff(old, new)
+
+
+def tree_diff(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    """A git-applyable diff between two trees, with files added or deleted through /dev/null."""
+    return "".join(unified_diff(path, old.get(path), new.get(path)) for path in sorted(set(old) | set(new)))
 
 
 def apply_diff(files: Mapping[str, str], diff: str) -> dict[str, str]:

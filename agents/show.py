@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from agents.edits import EditError, unified_diff
+from agents.edits import EditError, tree_diff
 from agents.trees import Trees
 from bus.connection import Bus
 from bus.events import check_token
@@ -51,11 +51,6 @@ async def _tree(trees: Trees, trial_id: str) -> dict[str, str]:
         raise RuntimeError(str(exc)) from None
 
 
-def _tree_diff(old: dict[str, str], new: dict[str, str]) -> str:
-    # Not edits.diff_trees: a trial may add or delete files, which that refuses.
-    return "".join(unified_diff(path, old.get(path, ""), new.get(path, "")) for path in sorted(old.keys() | new.keys()))
-
-
 async def _details(trees: Trees, camp: dict, row: dict) -> dict:
     c, lineage = camp["campaign_id"], trees.lineage
     root = views.root_trial(lineage, c)
@@ -63,7 +58,7 @@ async def _details(trees: Trees, camp: dict, row: dict) -> dict:
     parent = views.trial_detail(lineage, c, row["parent_id"]) if row["parent_id"] else None
     parent_score = parent["score"] if parent else None
     try:
-        whole = _tree_diff(await _tree(trees, root.trial_id), await _tree(trees, row["trial_id"]))
+        whole = tree_diff(await _tree(trees, root.trial_id), await _tree(trees, row["trial_id"]))
     except EditError as exc:  # an edit that never applied (an invalid_edit) has no tree
         whole = f"(no tree: {exc})\n"
     return {

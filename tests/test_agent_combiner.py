@@ -21,7 +21,8 @@ from agent_helpers import (
     wait_for_trials,
 )
 
-from agents.combiner import CombinerSpecialist, merge_trees, tree_diff
+from agents.combiner import CombinerSpecialist, merge_trees
+from agents.edits import tree_diff
 from agents.edits import apply_diff, read_knob, set_knob, unified_diff
 from agents.trees import Trees
 from bus.connection import Bus
