@@ -22,8 +22,7 @@ from agent_helpers import (
 )
 
 from agents.combiner import CombinerSpecialist, merge_trees
-from agents.edits import tree_diff
-from agents.edits import apply_diff, read_knob, set_knob, unified_diff
+from agents.edits import apply_diff, read_knob, set_knob, tree_diff, unified_diff
 from agents.trees import Trees
 from bus.connection import Bus
 from projections import views
