@@ -119,7 +119,7 @@ def score_column(header: Sequence[str], raw_rows: list[list[str]], best: dict | 
     baseline = next((raw for raw in raw_rows if dict(zip(header, raw)).get("status", "").strip() == BASELINE), None)
     if baseline is not None:
         for name, value in list(zip(header, baseline))[list(header).index("status") + 1 :]:
-            if name not in DESCRIPTIVE and _number(name, value, []) is not None:
+            if name not in DESCRIPTIVE and parse_number(name, value, []) is not None:
                 return name
     raise ValueError(f"{source}: cannot tell which column is the score (no best.json naming it, no baseline "
                      "row with a number after status): give --metric NAME")
@@ -170,7 +170,8 @@ def utc_time(text: str) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _number(name: str, text: str, problems: list[str]) -> float | None:
+def parse_number(name: str, text: str, problems: list[str]) -> float | None:
+    """The field's number; None when it is empty, or when it is no finite number (named in problems)."""
     if not text.strip():
         return None
     try:
@@ -218,14 +219,14 @@ class _Row:
             self.problems.append("empty status")
         elif self.status not in LABELS and self.status != BASELINE:
             self.problems.append(f"unknown status {self.status!r}")
-        self.expected_delta = _number("expected_delta", get("expected_delta"), self.dropped)
-        self.score = _number(layout.score, get(layout.score), self.problems)
+        self.expected_delta = parse_number("expected_delta", get("expected_delta"), self.dropped)
+        self.score = parse_number(layout.score, get(layout.score), self.problems)
         if self.status in SCORED_STATUSES and self.score is None and not self.problems:
             self.problems.append(f"status {self.status} without a {layout.score}")
         self.metrics = {
             name: value
             for name in layout.metrics
-            if (value := _number(name, get(name), self.dropped)) is not None
+            if (value := parse_number(name, get(name), self.dropped)) is not None
         }
 
     def _token(self, column: str, text: str) -> bool:
@@ -323,7 +324,7 @@ def tsv_events(path: Path | str, campaign_id: str, *, metric: str | None = None,
         last_time = row.time
     records = [row.record() for row in rows]
     if direction is None:
-        best_score = _number(layout.score, str(best.get(layout.score, "")), []) if best else None
+        best_score = parse_number(layout.score, str(best.get(layout.score, "")), []) if best else None
         direction = direction_of(records, best_score, layout.score, str(path))
     unparsed = sum(r.label == UNPARSED for r in records)
     events = campaign_events(

@@ -31,7 +31,7 @@ from projections.seedruns import (
     UNPARSED,
     Imported,
     Record,
-    _number,
+    parse_number,
     campaign_events,
     direction_of,
     publish_events,
@@ -100,7 +100,7 @@ def _autoresearch(path: Path, metric: str | None) -> tuple[list[Record], str, li
         fields = dict(zip(header, raw))
         status = fields.get("status", "").strip()
         problems = [] if status in AUTORESEARCH_STATUSES else [f"unknown status {status!r}"]
-        value = _number(score, fields.get(score, ""), problems)
+        value = parse_number(score, fields.get(score, ""), problems)
         if status == "crash":
             value = None  # logged as 0 by the format
         elif status in ("keep", "discard") and value is None and not problems:
@@ -108,7 +108,7 @@ def _autoresearch(path: Path, metric: str | None) -> tuple[list[Record], str, li
         trial = f"r{number:04d}-{re.sub(r'[^A-Za-z0-9]', '', fields.get('commit', ''))[:12] or 'none'}"
         root = number == 0
         label = UNPARSED if problems else ("keep" if root else status)
-        memory = _number("memory_gb", fields.get("memory_gb", ""), [])
+        memory = parse_number("memory_gb", fields.get("memory_gb", ""), [])
         records.append(Record(
             trial_id=trial, time=_epoch(number), specialist="autoresearch", surface="train.py", parent_id=parent,
             hypothesis=fields.get("description", ""), label=label, score=None if problems else value,
@@ -139,7 +139,7 @@ def _aide(path: Path, metric: str | None, direction: str | None) -> tuple[list[R
     for i, node in enumerate(nodes):
         parent = parents.get(node.get("id"))
         value = node.get("metric", {}).get("value") if isinstance(node.get("metric"), dict) else None
-        value = _number("metric", str(value), []) if value is not None else None
+        value = parse_number("metric", str(value), []) if value is not None else None
         buggy = bool(node.get("is_buggy")) or value is None
         if buggy:
             label = "crash" if node.get("exc_type") else UNPARSED
