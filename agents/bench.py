@@ -192,6 +192,13 @@ def replace_section(path: Path, title: str, text: str) -> None:
     path.write_text(new.rstrip("\n") + "\n")
 
 
+def report(title: str, text: str, *, write: bool) -> None:
+    """Print a benchmark's section, and put it in place of its section in BENCHMARKS.md when asked to."""
+    print(text)
+    if write:
+        replace_section(BENCHMARKS, title, text)
+
+
 def parse_arms(text: str) -> list[str]:
     arms = [a.strip() for a in text.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]

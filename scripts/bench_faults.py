@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents.arms import roster  # noqa: E402
-from agents.bench import BENCHMARKS, replace_section  # noqa: E402
+from agents.bench import report  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.eventfile import read_lines  # noqa: E402
 from bus.events import (  # noqa: E402
@@ -361,9 +361,7 @@ def main() -> int:
         raise
     command = [os.path.relpath(sys.executable, ROOT), "scripts/bench_faults.py", *sys.argv[1:]]
     text = section(result, shlex.join(command))
-    print(text)
-    if args.write:
-        replace_section(BENCHMARKS, SECTION, text)
+    report(SECTION, text, write=args.write)
     if not result.ok:
         log(f"the work dir is kept in {root}")
         return 1

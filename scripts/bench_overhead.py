@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.bench import BENCHMARKS, replace_section  # noqa: E402
+from agents.bench import report  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.local import LocalServer, Roles  # noqa: E402
 from bus.settings import load_settings  # noqa: E402
@@ -131,9 +131,7 @@ def main() -> int:
     args = parser.parse_args()
     result = measure(args.trials)
     text = section(result, f"python scripts/bench_overhead.py --trials {args.trials}")
-    print(text)
-    if not args.no_write:
-        replace_section(BENCHMARKS, SECTION, text)
+    report(SECTION, text, write=not args.no_write)
     return 0
 
 

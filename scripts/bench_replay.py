@@ -30,7 +30,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.bench import BENCHMARKS, replace_section  # noqa: E402
+from agents.bench import report  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.eventfile import export_campaign, read_lines  # noqa: E402
 from bus.events import (  # noqa: E402
@@ -316,9 +316,7 @@ def main() -> int:
         results, events = measure(args.events, args.rounds, Path(work))
     command = f".venv/bin/python scripts/bench_replay.py --events {args.events} --rounds {args.rounds}"
     text, met = section(command, events, results)
-    print(text)
-    if not args.no_write:
-        replace_section(BENCHMARKS, SECTION, text)
+    report(SECTION, text, write=not args.no_write)
     return 0 if met else 1
 
 

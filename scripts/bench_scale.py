@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.bench import BENCHMARKS, replace_section  # noqa: E402
+from agents.bench import report  # noqa: E402
 from bus.local import ROOT, LocalCluster, LocalServer, Roles  # noqa: E402
 from bus.settings import load_settings  # noqa: E402
 from scripts.bench_overhead import finished_lineage, p95, seconds  # noqa: E402
@@ -117,9 +117,7 @@ def main() -> int:
         f"--{name} {','.join(map(str, getattr(args, name)))}" for name in ("executors", "evaluators", "nodes")
     ) + f" --trials {args.trials}"
     text = section(results, command)
-    print(text)
-    if not args.no_write:
-        replace_section(BENCHMARKS, SECTION, text)
+    report(SECTION, text, write=not args.no_write)
     return 0
 
 
