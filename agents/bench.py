@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agents.arms import ARMS, roster
+from bus.argtypes import positive_int
 from bus.connection import Bus
 from bus.local import LocalServer, Roles
 from bus.settings import load_settings
@@ -236,6 +237,21 @@ def research(args) -> list[Run]:
 def command_line(args) -> str:
     line = f"arx bench research --task {args.task} --arms {args.arms} --trials {args.trials} --seeds {args.seeds}"
     return line + (f" --executors {args.executors}" if args.executors != 1 else "")
+
+
+def cli_arguments(parser) -> None:
+    benches = parser.add_subparsers(dest="bench", required=True, parser_class=type(parser))
+    research = benches.add_parser("research", help="campaigns per arm and seed, each on a cluster of its own")
+    research.add_argument("--task", default="digits-speedrun")
+    research.add_argument("--arms", default="lineage,no-lineage", help="comma-separated: lineage, no-lineage, ...")
+    research.add_argument("--trials", type=positive_int, default=40, help="trials per campaign")
+    research.add_argument("--seeds", type=positive_int, default=3, help="campaigns per arm (seeds 0..N-1)")
+    research.add_argument("--executors", type=positive_int, default=1, help="executor processes per run")
+    research.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
+    research.add_argument("--run-timeout", type=float, help="seconds per run before it is stopped")
+    research.add_argument("--benchmarks", help="the markdown file to write the table into (default: BENCHMARKS.md)")
+    research.add_argument("--no-write", action="store_true", help="do not write the table into BENCHMARKS.md")
+    research.add_argument("--keep", action="store_true", help="keep the runs' logs and stores")
 
 
 def cli(args) -> int:

@@ -13,6 +13,7 @@ import anyio
 
 from agents.base import Specialist
 from agents.registry import POLICIES
+from bus.argtypes import positive_int
 from bus.logs import setup_logging
 
 log = logging.getLogger("arx.agent")
@@ -99,6 +100,21 @@ def run_agent(agent: Specialist) -> int:
     log.info("%s: running policy %s on surface %s, campaign %s", agent.specialist, agent.policy, agent.surface,
              agent.campaign_id or "the latest running")
     return anyio.run(run_until_signal, agent)
+
+
+def cli_arguments(parser) -> None:
+    parser.add_argument("--policy", default="tpe", metavar="NAME|module:Class",
+                        help=f"a built-in policy ({', '.join(sorted(POLICIES))}; default: tpe), or module:Class, a "
+                        "Specialist subclass in the current directory or on PYTHONPATH")
+    parser.add_argument("--specialist", required=True, help="this agent's name, e.g. tpe-optimizer")
+    parser.add_argument("--surface", required=True, help="the task surface it may edit ('*' for all)")
+    parser.add_argument("--campaign", help="campaign to work on (default: the latest running one)")
+    parser.add_argument("--max-in-flight", type=positive_int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="llm: the model the OpenAI-compatible endpoint (OPENAI_BASE_URL) serves")
+    parser.add_argument(
+        "--no-lineage", action="store_true", help="llm: show only the incumbent's id and score (a control arm)"
+    )
 
 
 def cli(args) -> int:

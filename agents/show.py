@@ -135,11 +135,26 @@ def _check(args) -> None:
         check_token("trial", args.trial)
 
 
+def _trial_arguments(parser) -> None:
+    parser.add_argument("trial", nargs="?", help="a trial id (default: the campaign's incumbent)")
+    parser.add_argument("--campaign", help="campaign id (default: the latest)")
+
+
+def cli_show_arguments(parser) -> None:
+    _trial_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def cli_show(args) -> int:
     _check(args)
     details = anyio.run(_read, args.campaign, args.trial, _details)
     print(json.dumps(details) if args.json else render(details), end="\n" if args.json else "")
     return 0
+
+
+def cli_recipe_arguments(parser) -> None:
+    _trial_arguments(parser)
+    parser.add_argument("--out", required=True, help="the folder to write the tree into (new or empty)")
 
 
 def cli_recipe(args) -> int:

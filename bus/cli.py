@@ -10,6 +10,8 @@ this host's node of a cluster.
 
 from __future__ import annotations
 
+import pathlib
+
 from bus.server import Node, ensure_server, provision, start_node
 from bus.settings import load_settings
 from bus.tls import ensure_node_cert
@@ -36,6 +38,22 @@ def node_from(args, settings) -> Node:
         cluster_listen=args.cluster_listen, routes=tuple(r.strip() for r in args.routes.split(",") if r.strip()),
         tls_cert=cert and cert.absolute(), tls_key=key and key.absolute(), tls_ca=ca and ca.absolute(),
     )
+
+
+def serve_arguments(parser) -> None:
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="where clients reach this node (default 127.0.0.1:$ARX_NATS_PORT; 0.0.0.0:4222 for all hosts)")
+    parser.add_argument("--node", metavar="NAME", help="this node's name in its cluster (makes it a cluster node)")
+    parser.add_argument("--cluster", default="arx", help="the cluster's name (default: arx)")
+    parser.add_argument("--cluster-listen", metavar="HOST:PORT", help="where the other nodes' routes reach this one")
+    parser.add_argument("--routes", metavar="HOST:PORT,...", default="",
+                        help="every node's --cluster-listen address (this node's own may be among them)")
+    parser.add_argument("--tls", action="store_true",
+                        help="speak TLS: a private CA and this node's certificate under $ARX_HOME/tls (made once)")
+    parser.add_argument("--tls-host", action="append", default=[], metavar="NAME",
+                        help="with --tls: another name or address clients reach this node by (repeatable)")
+    parser.add_argument("--tls-cert", type=pathlib.Path, help="a certificate of your own for this node (with --tls-key)")
+    parser.add_argument("--tls-key", type=pathlib.Path, help="the key of --tls-cert")
 
 
 def serve(args) -> int:

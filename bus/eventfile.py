@@ -199,6 +199,10 @@ async def import_file(bus: Bus, path: Path | str) -> ImportReport:
 # -- cli ------------------------------------------------------------------------------------------
 
 
+def cli_import_arguments(parser) -> None:
+    parser.add_argument("file", help="an event file written by `arx export` or `arx import-tsv --to-file`")
+
+
 def cli_import(args) -> int:
     async def run() -> tuple[ImportReport, int]:
         async with await Bus.connect(role="admin", name="arx-import") as bus:

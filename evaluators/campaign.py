@@ -9,9 +9,12 @@ import sys
 
 import msgspec
 
+from agents.registry import ARMS
+from bus.argtypes import at_least_two, positive_int
 from bus.connection import Bus
 from bus.events import CampaignStarted, CampaignStopped, StopRules, TrialProposed, check_token
 from evaluators.spec import Task, load_task, task_names
+from executors.devices import DEVICES_HELP, parse_devices
 from projections import views
 from projections.follow import catch_up
 from projections.lineage import Lineage
@@ -74,7 +77,6 @@ async def start_campaign(
 async def measured_noise(task: Task, runs: int, devices: str) -> float:
     """The noise floor measured on the starting recipe (the report goes to stderr: stdout is the id)."""
     from evaluators.noise import measure_noise
-    from executors.devices import parse_devices
 
     report = await measure_noise(task, runs, devices=parse_devices(devices),
                                  progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -120,9 +122,38 @@ async def _main(args) -> None:
             print(f"stopped {args.campaign}")
 
 
+def cli_arguments(parser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=type(parser))
+    start = actions.add_parser("start", help="publish CampaignStarted and queue the baseline trial")
+    start.add_argument("--task", default="digits-speedrun")
+    start.add_argument("--trials", type=positive_int, default=30)
+    start.add_argument("--campaign", help="campaign id (default: <task>-<timestamp>)")
+    start.add_argument("--arm", default="lineage", choices=ARMS)
+    noise = start.add_mutually_exclusive_group()
+    noise.add_argument("--noise", type=float, help="relative noise floor (default: the task's)")
+    noise.add_argument("--measure-noise", type=at_least_two, metavar="RUNS",
+                       help="measure the noise floor first, over this many runs of the starting recipe")
+    start.add_argument("--devices", default="cpu", help=f"with --measure-noise: {DEVICES_HELP}")
+    start.add_argument("--plateau", type=int, metavar="K", help="stop after K counted trials in a row without a keep")
+    start.add_argument("--failure-storm", metavar="F/K",
+                       help="stop when more than F%% of the last K trials fail on harness faults or one failure label")
+    start.add_argument("--deadline", metavar="DURATION", help="stop this long after the start: 90s, 45m, 12h, 2d")
+    running = actions.add_parser("running", help="print the id of the latest campaign still running")
+    running.add_argument("--task", help="only campaigns of this task")
+    stop = actions.add_parser("stop", help="publish CampaignStopped")
+    stop.add_argument("--campaign", required=True)
+    stop.add_argument("--reason", default="stopped by user")
+
+
 def cli(args) -> int:
     asyncio.run(_main(args))
     return 0
+
+
+def cli_task_arguments(parser) -> None:
+    parser.add_argument("name", nargs="?", help="a task name (omit to list them)")
+    parser.add_argument("--surfaces", action="store_true", help="print only the surface names, one a line")
+    parser.add_argument("--roster", metavar="ARM", help="print the offline agents an arm runs: policy specialist surface")
 
 
 def cli_task(args) -> int:

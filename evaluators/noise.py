@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bus.argtypes import at_least_two
 from bus.events import TrialFinished
 from bus.settings import load_settings
 from evaluators import labels
@@ -30,7 +31,7 @@ from evaluators.sandbox import SandboxPool
 from evaluators.spec import Task, load_task, pack_folder
 from evaluators.unpack import unpack_artifact
 from evaluators.worker import evaluate_artifact
-from executors.devices import CPU, Devices, device_class, parse_devices
+from executors.devices import CPU, DEVICES_HELP, Devices, device_class, parse_devices
 from executors.sandbox import Limits
 from executors.worker import log_tail, run_recipe
 
@@ -166,6 +167,13 @@ async def _evaluate(
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def cli_arguments(parser) -> None:
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--runs", type=at_least_two, default=5)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--devices", default="cpu", help=DEVICES_HELP)
 
 
 def cli(args) -> int:

@@ -358,6 +358,10 @@ async def _main(name: str) -> None:
         await bus.close()
 
 
+def cli_arguments(parser) -> None:
+    parser.add_argument("--name", help="evaluator name (default: evaluator-<host>-<pid>)")
+
+
 def cli(args) -> int:
     name = args.name or f"evaluator-{socket.gethostname()}-{os.getpid()}"
     setup_logging()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 CPU = "cpu"
 CUDA = "cuda"
+DEVICES_HELP = "the devices to run the starting recipe on: cpu (default), auto, or GPUs like cuda:0,cuda:1"
 # A GPU trial also gets these from the executor's environment: where the CUDA libraries are, how NCCL talks.
 CUDA_VARIABLES = ("LD_LIBRARY_PATH", "CUDA_HOME")
 CUDA_PREFIXES = ("NCCL_",)

@@ -66,6 +66,10 @@ async def write_history(bus: Bus, campaign_id: str | None) -> tuple[CampaignRepo
     return repo, trials, keeps
 
 
+def cli_arguments(parser) -> None:
+    parser.add_argument("--campaign", help="campaign id (default: the latest)")
+
+
 def cli(args) -> int:
     if args.campaign is not None:
         check_token("campaign", args.campaign)

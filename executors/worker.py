@@ -405,6 +405,15 @@ async def _serve(name: str, devices: Devices) -> None:
         await run_executor(bus, name=name, stop=stop, devices=devices)
 
 
+def cli_arguments(parser) -> None:
+    parser.add_argument("--name", help="executor name (default: executor-<host>-<pid>)")
+    parser.add_argument(
+        "--devices", default="cpu",
+        help="cpu (default), auto (CUDA_VISIBLE_DEVICES or nvidia-smi), or GPUs like cuda:0,cuda:1: "
+        "the executor takes only trials whose task's requirements these meet",
+    )
+
+
 def cli(args) -> int:
     setup_logging()
     devices = parse_devices(getattr(args, "devices", None) or CPU)

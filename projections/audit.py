@@ -361,6 +361,13 @@ def open_lineage(db: str | None) -> Lineage:
     return lineage
 
 
+def cli_arguments(parser) -> None:
+    parser.add_argument("--db", help="read this lineage database instead of the live log")
+    parser.add_argument("--campaign", help="only this campaign (default: all)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--html", metavar="DIR", help="also write DIR/index.html with plots")
+
+
 def cli(args) -> int:
     lineage = open_lineage(args.db)
     report = audit(lineage, args.campaign)

@@ -23,6 +23,13 @@ async def _export(campaign: str | None, path: str, objects: bool) -> tuple[str, 
         return campaign, count, await export_objects(bus, refs, path) if objects else 0
 
 
+def cli_arguments(parser) -> None:
+    parser.add_argument("--campaign", help="campaign id (default: the latest)")
+    parser.add_argument("file", help="the event file to write")
+    parser.add_argument("--objects", action="store_true",
+                        help="also write every object the events point at (bundle, logs, artifacts) into FILE.objects/")
+
+
 def cli(args) -> int:
     campaign, count, stored = anyio.run(_export, args.campaign, args.file, args.objects)
     objects = f" and {stored} objects to {args.file}.objects/" if args.objects else ""

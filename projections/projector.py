@@ -103,6 +103,10 @@ async def _follow_main(path: Path) -> None:
             await _close(bus)
 
 
+def cli_follow_arguments(parser) -> None:
+    parser.add_argument("--db", help="lineage database (default: $ARX_HOME/lineage.db)")
+
+
 def cli_follow(args) -> int:
     setup_logging()
     path = db_path(args)
@@ -213,6 +217,11 @@ async def _replay_main(path: Path, from_file: Path | None) -> Replayed:
         return await replay(bus.read(batch=REPLAY_BATCH), path)
     finally:
         await _close(bus)
+
+
+def cli_replay_arguments(parser) -> None:
+    parser.add_argument("--db", help="lineage database to replace (default: $ARX_HOME/lineage.db)")
+    parser.add_argument("--from-file", metavar="FILE", help="rebuild from this event file instead of the stream")
 
 
 def cli_replay(args) -> int:

@@ -149,6 +149,12 @@ def wide_console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
 
 
+def cli_arguments(parser) -> None:
+    parser.add_argument("--campaign")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--db", help="read this lineage database instead of the live log")
+
+
 def cli(args) -> int:
     if args.campaign is not None:
         check_token("campaign", args.campaign)

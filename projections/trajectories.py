@@ -174,6 +174,18 @@ def _epoch(seconds) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def cli_arguments(parser) -> None:
+    parser.add_argument("tsv", help="a seed-release or autoresearch results.tsv, or an AIDE journal.json")
+    parser.add_argument("--format", choices=["seed", "autoresearch", "aide"],
+                        help="the file's format (default: told from the file itself)")
+    parser.add_argument("--campaign", required=True, help="the campaign id to import it as")
+    parser.add_argument("--to-file", help="write the events to this event file instead of publishing them")
+    parser.add_argument("--metric", help="the score column (default: the one the file's best.json or baseline row names)")
+    parser.add_argument("--direction", choices=["min", "max"],
+                        help="whether a lower or a higher score is better (default: read from the kept trials)")
+    parser.add_argument("--task", help="the task the campaign names (default: the run's folder)")
+
+
 def cli(args) -> int:
     imported = import_events(args.tsv, args.campaign, fmt=args.format, metric=args.metric, direction=args.direction,
                              task=args.task)

@@ -46,6 +46,10 @@ async def _show(live: LiveLineage, campaign_id: str | None) -> dict:
             await live.changed(timeout=1.0)
 
 
+def cli_arguments(parser) -> None:
+    parser.add_argument("--campaign", help="campaign id (default: the latest)")
+
+
 def cli(args) -> int:
     anyio.run(watch, args.campaign)
     return 0
