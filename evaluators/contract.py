@@ -30,13 +30,13 @@ class ArtifactScoredTask(Protocol):
         """Executor, before each run (executors/worker.py, evaluators/noise.py): put its training data in run_dir."""
 
     def heldout(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Evaluator, once per task (evaluators/worker.py): held-out inputs, and the targets predict() never sees."""
+        """Evaluator, once per task (evaluators/scoring.py): held-out inputs, and the targets predict() never sees."""
 
     def predict(self, artifact_dir: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Evaluator's sandbox, per artifact (evaluators/sandbox_child.py): the trained model's outputs on inputs."""
 
     def metrics(self, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, float]:
-        """Evaluator, after predict() (evaluators/worker.py): the metrics of its outputs against the targets."""
+        """Evaluator, after predict() (evaluators/scoring.py): the metrics of its outputs against the targets."""
 
 
 class LogScoredTask(Protocol):

@@ -30,7 +30,7 @@ from evaluators.official_log import score_log
 from evaluators.sandbox import SandboxPool
 from evaluators.spec import Task, load_task, pack_folder
 from evaluators.unpack import unpack_artifact
-from evaluators.worker import evaluate_artifact
+from evaluators.scoring import evaluate_artifact
 from executors.devices import CPU, DEVICES_HELP, Devices, device_class, parse_devices
 from executors.sandbox import Limits
 from executors.worker import log_tail, run_recipe

@@ -14,7 +14,7 @@ from evaluator_artifacts import TASK, write_artifact
 from evaluators.labels import label
 from evaluators.sandbox import OUTPUT_MB, SandboxPool
 from evaluators.unpack import UnsafeArtifact, unpack_artifact
-from evaluators.worker import to_evaluation
+from evaluators.scoring import to_evaluation
 
 pytestmark = pytest.mark.anyio
 

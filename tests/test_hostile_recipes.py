@@ -38,7 +38,7 @@ from evaluator_artifacts import write_artifact
 from evaluators import labels
 from evaluators.sandbox import SandboxPool
 from evaluators.spec import Task, load_task
-from evaluators.worker import to_evaluation
+from evaluators.scoring import to_evaluation
 from executors import sandbox
 from executors.sandbox import DISK_POLL_S, Limits, RunResult, namespaces, run_command
 
