@@ -22,7 +22,7 @@ CAMPAIGN_POLICIES = ("combiner", "repair")
 
 
 def arm_of(context: Context) -> str:
-    return context.campaign.get("arm") or "lineage"
+    return context.campaign.arm or "lineage"
 
 
 def sees_lineage(context: Context) -> bool:

@@ -69,7 +69,7 @@ class Context:
     """Everything a policy may look at: the lineage, the campaign, the task and trees of trials."""
 
     lineage: Lineage
-    campaign: dict
+    campaign: views.Campaign
     task: Task
     specialist: str
     surface: str
@@ -81,7 +81,7 @@ class Context:
 
     @property
     def campaign_id(self) -> str:
-        return self.campaign["campaign_id"]
+        return self.campaign.campaign_id
 
     async def tree(self, trial_id: str) -> dict[str, str]:
         """The files of any trial of this campaign, for a policy that picks another parent."""
@@ -135,11 +135,11 @@ class Specialist:
         """The policy: a proposal, or None when it has nothing to try right now."""
         raise NotImplementedError
 
-    async def context(self, lineage: Lineage, camp: dict, task: Task, trees: Trees) -> Context | None:
+    async def context(self, lineage: Lineage, camp: views.Campaign, task: Task, trees: Trees) -> Context | None:
         """What the policy is shown now, with the incumbent's tree (the root's while none is kept);
         None while the campaign's baseline trial is not in the log yet."""
-        c = camp["campaign_id"]
-        best = views.incumbent(lineage, c, camp["direction"])
+        c = camp.campaign_id
+        best = views.incumbent(lineage, c, camp.direction)
         parent = best or views.root_trial(lineage, c)
         if parent is None:
             return None
@@ -181,9 +181,9 @@ class Specialist:
         while not await live.wait_for(await bus.last_seq(), timeout=FOLD_TIMEOUT_S):
             log.info("%s: still catching up with the log", self.specialist)
         camp = await self._pick_campaign(live)
-        c = camp["campaign_id"]
-        if camp["stopped_at"] is None:
-            task = campaign_task(camp["task"], camp["spec"])
+        c = camp.campaign_id
+        if camp.stopped_at is None:
+            task = campaign_task(camp.task, camp.spec)
             task.spec.paths_of(self.surface)  # an unknown surface fails here, before joining
             await self._join(bus, live.lineage, c)
             trees = Trees(bus, live.lineage, c)
@@ -191,7 +191,7 @@ class Specialist:
         log.info("%s: campaign %s stopped", self.specialist, c)
         return c
 
-    async def _pick_campaign(self, live: LiveLineage) -> dict:
+    async def _pick_campaign(self, live: LiveLineage) -> views.Campaign:
         """The named campaign, or the latest one that has not stopped; waits for it to start."""
         waiting = False
         while True:
@@ -219,7 +219,7 @@ class Specialist:
     async def _loop(self, bus: Bus, live: LiveLineage, c: str, task: Task, trees: Trees) -> None:
         while True:
             camp = views.campaign(live.lineage, c)
-            if camp["stopped_at"] is not None:
+            if camp.stopped_at is not None:
                 return
             seen = live.lineage.checkpoint
             if self._has_room(live.lineage, camp):
@@ -239,17 +239,18 @@ class Specialist:
         log.warning("%s: backing off %gs: last %d trials ended in %s", self.specialist, wait, BREAKER_TRIALS,
                     HARNESS_ABORT)
         with anyio.move_on_after(wait):
-            while views.campaign(live.lineage, c)["stopped_at"] is None:
+            while views.campaign(live.lineage, c).stopped_at is None:
                 await live.changed(self.poll_s)
 
-    def _has_room(self, lineage: Lineage, camp: dict) -> bool:
-        c = camp["campaign_id"]
+    def _has_room(self, lineage: Lineage, camp: views.Campaign) -> bool:
+        c = camp.campaign_id
         used = views.counted_outcomes(lineage, c) + views.in_flight(lineage, c)
-        return used < camp["max_trials"] and views.in_flight(lineage, c, self.specialist) < self.max_in_flight
+        return used < camp.max_trials and views.in_flight(lineage, c, self.specialist) < self.max_in_flight
 
-    async def _propose_once(self, bus: Bus, lineage: Lineage, camp: dict, task: Task, trees: Trees) -> str | None:
+    async def _propose_once(self, bus: Bus, lineage: Lineage, camp: views.Campaign, task: Task, trees: Trees
+                            ) -> str | None:
         """Ask the policy once and publish what it proposes; returns the new trial id or None."""
-        c = camp["campaign_id"]
+        c = camp.campaign_id
         try:
             context = await self.context(lineage, camp, task, trees)
             if context is None:
@@ -262,7 +263,7 @@ class Specialist:
             log.exception("%s: proposing a trial for %s failed", self.specialist, c)
             await anyio.sleep(self.poll_s)
             return None
-        if proposal is None or views.campaign(lineage, c)["stopped_at"] is not None:
+        if proposal is None or views.campaign(lineage, c).stopped_at is not None:
             return None
         if (too_big := oversize(proposal.hypothesis, proposal.diff)) is not None:
             # Proposed without its texts and rejected: the attempt counts, so a policy cannot loop on it.

@@ -100,7 +100,7 @@ class CombinerSpecialist(Specialist):
     def _pairs(self, context: Context):
         """(better, worse) kept trials of different specialists, best pairs first, never merged before."""
         c = context.campaign_id
-        kept = views.kept(context.lineage, c, context.campaign["direction"], MAX_KEPT)
+        kept = views.kept(context.lineage, c, context.campaign.direction, MAX_KEPT)
         tried = {frozenset(shown) for shown in reads.first_shown(context.lineage, c, self.policy)}
         for i, ours in enumerate(kept):
             for theirs in kept[i + 1 :]:

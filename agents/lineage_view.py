@@ -93,16 +93,16 @@ def build_view(
     camp = views.campaign(lineage, campaign_id)
     if camp is None:
         raise LookupError(f"campaign {campaign_id} is not in the lineage")
-    q = _Queries(lineage, campaign_id, camp["direction"], limits)
+    q = _Queries(lineage, campaign_id, camp.direction, limits)
     top = q.top()
     incumbent = top[0] if top else q.root()
     view = dict(
         campaign_id=campaign_id,
         specialist=specialist,
         arm=arm,
-        metric=camp["metric"],
-        direction=camp["direction"],
-        noise=camp["noise"] or 0.0,
+        metric=camp.metric,
+        direction=camp.direction,
+        noise=camp.noise or 0.0,
         incumbent=incumbent,
         kept=bool(top),
         limits=limits,

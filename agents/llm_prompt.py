@@ -52,7 +52,7 @@ def task_brief(context: Context) -> str:
             "",
             spec.description.strip(),
             "",
-            f"- Score: {spec.metric}, {better} is better; relative noise {context.campaign['noise'] or 0:g}.",
+            f"- Score: {spec.metric}, {better} is better; relative noise {context.campaign.noise or 0:g}.",
             f"- Gates: {gates}.",
             f"- Budgets: training {b.train_s:g} s, evaluation {b.eval_s:g} s, memory {b.memory_mb} MB,"
             f" files {b.file_mb} MB.",

@@ -31,9 +31,9 @@ async def _read(campaign: str | None, trial: str | None, work):
             camp = None if folded is None else views.campaign(folded[1], folded[0])
             if camp is None:
                 raise RuntimeError(f"no campaign {campaign} in the log" if campaign else "no campaign in the log")
-            lineage, c = folded[1], camp["campaign_id"]
+            lineage, c = folded[1], camp.campaign_id
             if trial is None:
-                best = views.incumbent(lineage, c, camp["direction"])
+                best = views.incumbent(lineage, c, camp.direction)
                 if best is None:
                     raise RuntimeError(f"campaign {c} has no incumbent yet: name a trial")
                 trial = best.trial_id
@@ -51,10 +51,10 @@ async def _tree(trees: Trees, trial_id: str) -> dict[str, str]:
         raise RuntimeError(str(exc)) from None
 
 
-async def _details(trees: Trees, camp: dict, row: dict) -> dict:
-    c, lineage = camp["campaign_id"], trees.lineage
+async def _details(trees: Trees, camp: views.Campaign, row: dict) -> dict:
+    c, lineage = camp.campaign_id, trees.lineage
     root = views.root_trial(lineage, c)
-    best = views.incumbent(lineage, c, camp["direction"])
+    best = views.incumbent(lineage, c, camp.direction)
     parent = views.trial_detail(lineage, c, row["parent_id"]) if row["parent_id"] else None
     parent_score = parent["score"] if parent else None
     try:
@@ -63,9 +63,9 @@ async def _details(trees: Trees, camp: dict, row: dict) -> dict:
         whole = f"(no tree: {exc})\n"
     return {
         "campaign": c,
-        "task": camp["task"],
-        "metric": camp["metric"],
-        "direction": camp["direction"],
+        "task": camp.task,
+        "metric": camp.metric,
+        "direction": camp.direction,
         "trial": row["trial_id"],
         "incumbent": best is not None and best.trial_id == row["trial_id"],
         "specialist": row["specialist"],
@@ -163,12 +163,12 @@ def cli_recipe(args) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} is not an empty folder")
 
-    async def tree(trees: Trees, camp: dict, row: dict) -> tuple[dict, str, dict[str, str]]:
+    async def tree(trees: Trees, camp: views.Campaign, row: dict) -> tuple[dict, str, dict[str, str]]:
         return camp, row["trial_id"], await _tree(trees, row["trial_id"])
 
     camp, trial, files = anyio.run(_read, args.campaign, args.trial, tree)
     # The task's trusted prepare() puts the training data beside the tree, as an executor does before a run.
-    task = campaign_task(camp["task"], camp["spec"])
+    task = campaign_task(camp.task, camp.spec)
     for name, text in sorted(files.items()):
         path = out / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,7 @@ class TPESpecialist(Specialist):
         else:  # the no-lineage arm: one known point is a random search, drawn afresh each time
             trials, shown = incumbent_only(context, knobs, parent), [context.parent_id]
             seed = draw_seed(context, self.seed)
-        direction = context.campaign["direction"]
+        direction = context.campaign.direction
         # optuna is CPU work: off the event loop, which keeps folding the log meanwhile.
         point = await anyio.to_thread.run_sync(ask, trials, knobs, direction, seed, parent)
         if point is None:

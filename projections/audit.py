@@ -89,15 +89,15 @@ def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
         row["specialist"]: row["surface"]
         for row in lineage.query("SELECT specialist, surface FROM specialists WHERE campaign_id = ?", (campaign_id,))
     }
-    best = views.incumbent(lineage, campaign_id, camp["direction"])
+    best = views.incumbent(lineage, campaign_id, camp.direction)
     baseline_score = root.score if root else None
     chain, broken_at = keep_chain({t.trial_id: t for t in trials}, best.trial_id) if best else ([], None)
     return {
-        "task": camp["task"],
-        "metric": camp["metric"],
-        "direction": camp["direction"],
-        "arm": camp["arm"],
-        "stopped": camp["stopped_at"] is not None,
+        "task": camp.task,
+        "metric": camp.metric,
+        "direction": camp.direction,
+        "arm": camp.arm,
+        "stopped": camp.stopped_at is not None,
         "trials": len(counted),
         "trials_with_baseline": len(trials),
         "in_flight": sum(t.label is None for t in trials),
@@ -114,7 +114,7 @@ def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
         "keep_chain": chain,
         "keep_chain_broken_at": broken_at,
         "failure_repairs": failure_repairs(trials),
-        "domain": domain_audit(camp["spec"], trials, declared),
+        "domain": domain_audit(camp.spec, trials, declared),
     }
 
 

@@ -81,7 +81,7 @@ async def latest_campaign(bus: Bus) -> str | None:
     started = Lineage()
     await catch_up(bus, started, subject=subjects.STARTED_CAMPAIGNS)  # few events: no need to read the rest
     latest = views.campaign(started)
-    return latest["campaign_id"] if latest else None
+    return latest.campaign_id if latest else None
 
 
 def _number(value: float | None, digits: int = 4) -> str:

@@ -81,7 +81,7 @@ def recent(lineage: Lineage, campaign_id: str, rules: StopRules) -> Recent:
     return Recent(
         reads.latest_labels(lineage, campaign_id, rules.plateau, counted=True) if rules.plateau else [],
         reads.latest_labels(lineage, campaign_id, rules.storm_window) if rules.storm_window else [],
-        elapsed_s(camp["started_at"], until=camp["stopped_at"]) if camp else 0.0,
+        elapsed_s(camp.started_at, until=camp.stopped_at) if camp else 0.0,
     )
 
 

@@ -32,17 +32,37 @@ def trials(lineage: Lineage, sql: str, params: tuple = ()) -> list[Trial]:
     return [Trial(*row) for row in lineage.db.execute(sql, params)]
 
 
-def campaign(lineage: Lineage, campaign_id: str | None = None) -> dict | None:
+class Campaign(msgspec.Struct, frozen=True):
+    """A campaign as its CampaignStarted (and CampaignStopped) recorded it."""
+
+    campaign_id: str
+    task: str
+    metric: str
+    direction: str
+    max_trials: int
+    arm: str | None
+    noise: float | None
+    started_at: str
+    started_seq: int
+    spec: dict
+    stopped_at: str | None
+    stop_reason: str | None
+
+
+_CAMPAIGN_COLUMNS = ", ".join(Campaign.__struct_fields__)
+
+
+def campaign(lineage: Lineage, campaign_id: str | None = None) -> Campaign | None:
     """The named campaign, or the most recently started one."""
+    select = f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns"
     if campaign_id is None:
-        rows = lineage.query("SELECT * FROM campaigns ORDER BY started_seq DESC LIMIT 1")
+        row = lineage.db.execute(f"{select} ORDER BY started_seq DESC LIMIT 1").fetchone()
     else:
-        rows = lineage.query("SELECT * FROM campaigns WHERE campaign_id = ?", (campaign_id,))
-    if not rows:
+        row = lineage.db.execute(f"{select} WHERE campaign_id = ?", (campaign_id,)).fetchone()
+    if row is None:
         return None
-    row = rows[0]
-    row["spec"] = loads(row["spec"]) or {}
-    return row
+    fields = dict(zip(Campaign.__struct_fields__, row))
+    return Campaign(**fields | {"spec": loads(fields["spec"]) or {}})
 
 
 def running_campaign(lineage: Lineage, task: str | None = None) -> str | None:
@@ -211,7 +231,7 @@ def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 1
     camp = campaign(lineage, campaign_id)
     if camp is None:
         return None
-    c = camp["campaign_id"]
+    c = camp.campaign_id
     labels = {
         row["label"]: row["n"]
         for row in lineage.query(
@@ -225,7 +245,7 @@ def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 1
     ).fetchone()
     baseline = root_trial(lineage, c)
     baseline_score = baseline.score if baseline else None
-    best = incumbent(lineage, c, camp["direction"])
+    best = incumbent(lineage, c, camp.direction)
     last = lineage.query(
         "SELECT trial_id, specialist, label, score, delta, hypothesis FROM trials"
         " WHERE campaign_id = ? AND outcome_seq IS NOT NULL ORDER BY outcome_seq DESC LIMIT ?",
@@ -233,20 +253,20 @@ def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 1
     )
     return {
         "campaign": c,
-        "task": camp["task"],
-        "metric": camp["metric"],
-        "direction": camp["direction"],
-        "arm": camp["arm"],
-        "max_trials": camp["max_trials"],
-        "stopped": camp["stopped_at"] is not None,
+        "task": camp.task,
+        "metric": camp.metric,
+        "direction": camp.direction,
+        "arm": camp.arm,
+        "max_trials": camp.max_trials,
+        "stopped": camp.stopped_at is not None,
         "trials_proposed": lineage.db.execute(
             "SELECT count(*) FROM trials WHERE campaign_id = ?", (c,)
         ).fetchone()[0],
         "trials_scored": scored,
         "in_flight": in_flight(lineage, c),
         "labels": labels,
-        "noise": camp["noise"],
-        "noise_prior": camp["spec"].get("noise"),
+        "noise": camp.noise,
+        "noise_prior": camp.spec.get("noise"),
         "confirmed": confirmed(lineage, c),
         "baseline_trial": baseline.trial_id if baseline else None,
         "baseline_score": baseline_score,
