@@ -18,10 +18,10 @@ import anyio
 
 from agents.trees import Trees
 from bus.connection import Bus
-from bus.events import SpecialistJoined, TrialProposed, check_token, oversize
+from bus.events import LLMSpent, SpecialistJoined, TrialProposed, check_token, oversize
 from bus.settings import Settings, load_settings
 from evaluators.spec import Task, campaign_task
-from projections import reads, views
+from projections import ledger, reads, views
 from projections.follow import LiveLineage
 from projections.lineage import Lineage
 from projections.views import Incumbent
@@ -62,6 +62,18 @@ class Proposal:
     # Why the policy could not produce a valid edit: the trial is published with this reason, and an
     # executor records it as its invalid_edit outcome, so the failure is in the lineage and counts.
     rejection: str | None = None
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What a policy paid for a try that led to no proposal (an LLM endpoint whose replies were all
+    unusable): published as LLMSpent, so the campaign's ledger counts it though no trial exists."""
+
+    model: str | None
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,8 +143,8 @@ class Specialist:
         # proposed all it will for the events before it. Observers (tests) prove an absence with it.
         self.settled_seq = 0
 
-    async def propose(self, context: Context) -> Proposal | None:
-        """The policy: a proposal, or None when it has nothing to try right now."""
+    async def propose(self, context: Context) -> Proposal | Spent | None:
+        """The policy: a proposal, or None when it has nothing to try right now (Spent when that cost)."""
         raise NotImplementedError
 
     async def context(self, lineage: Lineage, camp: views.Campaign, task: Task, trees: Trees) -> Context | None:
@@ -245,7 +257,8 @@ class Specialist:
     def _has_room(self, lineage: Lineage, camp: views.Campaign) -> bool:
         c = camp.campaign_id
         used = views.counted_outcomes(lineage, c) + views.in_flight(lineage, c)
-        return used < camp.max_trials and views.in_flight(lineage, c, self.specialist) < self.max_in_flight
+        return (used < camp.max_trials and views.in_flight(lineage, c, self.specialist) < self.max_in_flight
+                and ledger.no_room(lineage, camp) is None)
 
     async def _propose_once(self, bus: Bus, lineage: Lineage, camp: views.Campaign, task: Task, trees: Trees
                             ) -> str | None:
@@ -256,12 +269,18 @@ class Specialist:
             if context is None:
                 return None
             proposal = await self.propose(context)
-            if proposal is not None:
+            if isinstance(proposal, Proposal):
                 self._check(lineage, c, proposal)
         except Exception:
             # A policy that fails must not take the process down: say why and try again later.
             log.exception("%s: proposing a trial for %s failed", self.specialist, c)
             await anyio.sleep(self.poll_s)
+            return None
+        if isinstance(proposal, Spent):
+            await bus.publish(LLMSpent(campaign_id=c, producer=self._producer, specialist=self.specialist,
+                                       model=proposal.model, tokens_in=proposal.tokens_in,
+                                       tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
+                                       reason=proposal.reason[:2000]))
             return None
         if proposal is None or views.campaign(lineage, c).stopped_at is not None:
             return None

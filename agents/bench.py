@@ -17,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agents.arms import ARMS, roster
@@ -27,7 +27,7 @@ from bus.local import LocalServer, Roles
 from bus.settings import load_settings
 from evaluators.campaign import stop_campaign
 from evaluators.spec import load_task
-from projections import views
+from projections import ledger, status, views
 from projections.follow import catch_up
 from projections.lineage import Lineage
 
@@ -37,7 +37,7 @@ SECTION = "Research: lineage against the control arms"
 TARGET_PCT = 20.0
 POLL_S = 2.0
 STOP_TIMEOUT_S = 5  # the campaign is over: a role slow to stop on SIGTERM is killed
-JSON_KEYS = ("arm", "seed", "baseline_score", "best_score", "improvement_pct", "labels")
+JSON_KEYS = ("arm", "seed", "baseline_score", "best_score", "improvement_pct", "labels", "ledger")
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Run:
     wall_s: float
     complete: bool  # False: the run hit its time limit and the campaign was stopped early
     direction: str = "min"
+    ledger: dict = field(default_factory=dict)  # what the campaign cost, as `arx status --json` says
 
     @property
     def better_pct(self) -> float:
@@ -95,6 +96,7 @@ def run_one(task_name: str, arm: str, seed: int, *, trials: int, executors: int,
             wall_s=round(time.monotonic() - started, 1),
             complete=complete,
             direction=summary["direction"],
+            ledger=summary["ledger"],
         )
     finally:
         if procs is not None:
@@ -109,7 +111,7 @@ async def _wait_stopped(settings, campaign: str, procs: Roles, timeout_s: float)
         lineage = Lineage()
         while True:
             await catch_up(bus, lineage)
-            summary = views.summary(lineage, campaign)
+            summary = status.summary(lineage, campaign)
             if summary is not None and summary["stopped"] and summary["in_flight"] == 0:
                 return summary, True
             if failed := procs.failed():
@@ -120,7 +122,7 @@ async def _wait_stopped(settings, campaign: str, procs: Roles, timeout_s: float)
                 await stop_campaign(bus, campaign, f"bench: no result within {timeout_s:.0f}s")
                 await asyncio.sleep(POLL_S)
                 await catch_up(bus, lineage)
-                return views.summary(lineage, campaign), False
+                return status.summary(lineage, campaign), False
             await asyncio.sleep(POLL_S)
 
 
@@ -129,13 +131,14 @@ def _cell(value, suffix: str = "") -> str:
 
 
 def table(runs: list[Run]) -> list[str]:
-    lines = ["| arm | seed | baseline | best | improvement | trials | labels |", "|---|---|---|---|---|---|---|"]
+    lines = ["| arm | seed | baseline | best | improvement | trials | cost | labels |",
+             "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         labels = ", ".join(f"{label} {n}" for label, n in sorted(run.labels.items()))
         note = "" if run.complete else " (stopped at the time limit)"
         lines.append(
             f"| {run.arm} | {run.seed} | {_cell(run.baseline_score)} | {_cell(run.best_score)} |"
-            f" {_cell(run.improvement_pct, '%')} | {run.trials}{note} | {labels} |"
+            f" {_cell(run.improvement_pct, '%')} | {run.trials}{note} | {ledger.text(run.ledger) if run.ledger else '-'} | {labels} |"
         )
     return lines
 

@@ -22,7 +22,7 @@ import openai
 
 from agents import llm_prompt
 from agents.arms import arm_of, view_arm
-from agents.base import Context, Proposal, Specialist
+from agents.base import Context, Proposal, Specialist, Spent
 from agents.lineage_view import ViewLimits, build_view
 from agents.llm_edits import ANSWER_SCHEMA, AnswerError, EditRules, apply_answer, parse_answer
 from bus.settings import Settings
@@ -125,7 +125,7 @@ class LLMSpecialist(Specialist):
             with anyio.move_on_after(5, shield=True):
                 await self._client.close()
 
-    async def propose(self, context: Context) -> Proposal | None:
+    async def propose(self, context: Context) -> Proposal | Spent | None:
         if self._over_cost_cap(context) or time.monotonic() < self._retry_at:
             return None
         arm = "no-lineage" if self.no_lineage else view_arm(arm_of(context))
@@ -141,7 +141,7 @@ class LLMSpecialist(Specialist):
             except EndpointError as exc:
                 if answers == 0:
                     self._back_off(exc)
-                    return None
+                    return self._spent(usage, str(exc)) if usage.tokens_in or usage.tokens_out else None
                 error += f"; then the endpoint failed: {exc}"
                 break
             answers += 1
@@ -157,6 +157,10 @@ class LLMSpecialist(Specialist):
             return self._proposal(answer.hypothesis.strip(), diff, answer.expected_delta, view.shown_ids, usage)
         reason = f"no valid edit in {answers} {'answer' if answers == 1 else 'answers'}: {error}"
         return self._proposal(hypothesis or "(no valid answer)", "", None, view.shown_ids, usage, rejection=reason)
+
+    def _spent(self, usage: Usage, reason: str) -> Spent:
+        return Spent(model=self.model, tokens_in=usage.tokens_in, tokens_out=usage.tokens_out,
+                     cost_usd=usage.cost(self.settings, self.model), reason=reason)
 
     def _proposal(self, hypothesis, diff, expected_delta, shown_ids, usage: Usage, rejection=None) -> Proposal:
         return Proposal(

@@ -119,6 +119,20 @@ class StopRules(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     deadline_s: float | None = None  # this long after the campaign started
 
 
+class Budgets(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a campaign may spend beyond its trial count (projections/ledger.py adds it up); None: no limit."""
+
+    usd: float | None = None  # LLM dollars plus device-hours at the campaign's prices
+    device_hours: dict[str, float] = {}  # by device kind: "cpu" (core-hours), "cuda" (GPU-hours)
+
+
+class Prices(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The prices a campaign's ledger uses, recorded when it starts so that every audit agrees."""
+
+    llm: dict[str, tuple[float, float]] = {}  # model -> dollars per million tokens in, out (ARX_LLM_PRICES)
+    device_hour: dict[str, float] = {}  # device kind -> dollars per device-hour (ARX_DEVICE_PRICES)
+
+
 class CampaignStarted(Event):
     verb: ClassVar[str] = "started"
 
@@ -131,6 +145,8 @@ class CampaignStarted(Event):
     noise: float = 0.0
     spec: dict = {}
     stop_rules: StopRules = StopRules()
+    budgets: Budgets = Budgets()
+    prices: Prices = Prices()
 
 
 class CampaignStopped(Event):
@@ -233,6 +249,9 @@ class _RunFinished(_TrialEvent):
     disk_mb: float = 0.0
     # The walls the run had beyond rlimits: "fence" (the audit hook), "net" and "pid" (namespaces).
     isolation: list[str] = []
+    # Device-seconds this run and its preflight checks held, by kind: "cpu" (core-seconds), "cuda"
+    # (GPU-seconds). The ledger counts these; older events have only cpu_s.
+    device_s: dict[str, float] = {}
 
 
 class TrialFinished(_RunFinished):
@@ -266,6 +285,34 @@ class ReplicateFinished(_RunFinished, kw_only=True):
         return replicate_id(self.confirm_of, self.index)
 
 
+class LLMSpent(Event):
+    """Tokens a specialist's endpoint calls spent without leading to a proposal (replies that were no
+    chat completion, say): never a trial, but counted in the campaign's ledger."""
+
+    aggregate: ClassVar[str] = "specialist"
+    verb: ClassVar[str] = "spent"
+
+    specialist: str
+    call: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex[:16])
+    model: str | None = None
+    tokens_in: Int64 = 0
+    tokens_out: Int64 = 0
+    cost_usd: float = 0.0
+    reason: str = ""
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.specialist
+
+    @property
+    def subject(self) -> str:
+        return subjects.subject(self.campaign_id, self.aggregate, self.specialist, self.verb, self.call)
+
+    def check_subject(self) -> None:
+        super().check_subject()
+        check_token("call", self.call)
+
+
 def replicate_id(confirm_of: str, index: int) -> str:
     return f"{confirm_of}-r{index}"
 
@@ -286,6 +333,8 @@ class TrialScored(_TrialOutcome):
     incumbent_id: str | None = None
     incumbent_score: float | None = None
     noise: float = 0.0
+    # The evaluator's scoring time (the sandbox's wall clock), confirmation reruns included.
+    eval_s: float = 0.0
 
 
 class TrialRejected(_TrialOutcome):
@@ -308,6 +357,7 @@ AnyEvent = Union[
     TrialAbandoned,
     TrialConfirmationRequested,
     ReplicateFinished,
+    LLMSpent,
 ]
 EVENT_TYPES = {cls.__name__: cls for cls in AnyEvent.__args__}
 OUTCOME_TYPES = (TrialScored, TrialRejected, TrialAbandoned)

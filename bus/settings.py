@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_prices: dict[str, tuple[float, float]] = {}
     # A campaign whose trials have cost this many dollars gets no more LLM proposals (None: no cap).
     cost_cap_usd: float | None = None
+    # Dollars per device-hour by device kind ("cpu": per core-hour, "cuda": per GPU-hour), recorded in
+    # each campaign this host starts, for its ledger; unknown kinds cost 0.
+    device_prices: dict[str, float] = {}
     llm_timeout_s: float = 120.0
     # Retries inside the openai client (429, 5xx, timeouts); then up to llm_attempts rounds of those,
     # llm_backoff_s apart and doubling, before a proposal waits for the endpoint to recover.
@@ -113,6 +116,7 @@ _ENV = {
     "log_tail_chars": ("ARX_LOG_TAIL_CHARS", int),
     "llm_prices": ("ARX_LLM_PRICES", lambda raw: msgspec.json.decode(raw, type=dict[str, tuple[float, float]])),
     "cost_cap_usd": ("ARX_COST_CAP_USD", float),
+    "device_prices": ("ARX_DEVICE_PRICES", lambda raw: msgspec.json.decode(raw, type=dict[str, float])),
     "llm_timeout_s": ("ARX_LLM_TIMEOUT_S", float),
     "llm_max_retries": ("ARX_LLM_MAX_RETRIES", int),
     "llm_attempts": ("ARX_LLM_ATTEMPTS", int),

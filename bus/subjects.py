@@ -53,6 +53,7 @@ def of_campaign(campaign_id: str) -> str:
 STARTED_CAMPAIGNS = f"{PREFIX}.*.campaign.*.started"
 STOPS = f"{PREFIX}.*.campaign.*.stopped"
 JOINS = f"{PREFIX}.*.specialist.*.joined"
+SPENDS = f"{PREFIX}.*.specialist.*.spent.*"
 PROPOSALS = f"{PREFIX}.*.trial.*.proposed"
 STARTS = f"{PREFIX}.*.trial.*.started.*"
 FINISHES = f"{PREFIX}.*.trial.*.finished.*"

@@ -1,17 +1,16 @@
-"""Watching the running campaigns: stop each one when its budget is spent or a stop rule breaks, and
-warm the scorer for the rest. Outcomes this evaluator did not write (rejected or abandoned trials)
+"""Watching the running campaigns: stop each one when its trial count or another budget is spent
+(projections/ledger.py) or a stop rule breaks (projections/stop_rules.py), and warm the scorer for the rest. Outcomes this evaluator did not write (rejected or abandoned trials)
 count too, so the watch follows the lineage rather than its own publishes."""
 
 from __future__ import annotations
 
 import logging
 
-from bus import subjects
 from bus.connection import Bus
-from bus.events import CampaignStarted, StopRules
+from bus.events import StopRules
 from evaluators.campaign import stop_campaign
 from evaluators.scoring import Scorer
-from projections import reads, stop_rules, views
+from projections import ledger, reads, stop_rules, views
 from projections.follow import LiveLineage
 
 log = logging.getLogger("arx.evaluator")
@@ -26,7 +25,6 @@ class BudgetWatch:
         self.scorer = scorer
         self.name = name
         self._stopping: set[str] = set()  # until the lineage shows the stop
-        self._rules: dict[str, StopRules] = {}
         self._broken_tasks: set[str] = set()  # campaigns whose task this host cannot load
 
     async def run(self) -> None:
@@ -46,7 +44,7 @@ class BudgetWatch:
         if campaign_id in self._stopping:
             return
         counted = views.counted_outcomes(self.live.lineage, campaign_id)
-        reason = "max_trials reached" if counted >= running.max_trials else await self._rule_broken(running)
+        reason = "max_trials reached" if counted >= running.max_trials else self._reason(campaign_id)
         if reason is None:
             self._prepare(campaign_id)
             return
@@ -54,19 +52,15 @@ class BudgetWatch:
         self._stopping.add(campaign_id)
         log.info("campaign %s stopped after %d of %d trials: %s", campaign_id, counted, running.max_trials, reason)
 
-    async def _rule_broken(self, running: reads.Running) -> str | None:
-        """The stop rule the campaign's outcomes (or its clock) break, if any."""
-        rules = await self._stop_rules(running.campaign_id)
-        if rules == StopRules():
+    def _reason(self, campaign_id: str) -> str | None:
+        """The budget the campaign has spent, or the stop rule its outcomes (or its clock) break, if any."""
+        lineage = self.live.lineage
+        camp = views.campaign(lineage, campaign_id)
+        if reason := ledger.budget_spent(lineage, camp):
+            return reason
+        if camp.stop_rules == StopRules():
             return None
-        return stop_rules.stop_reason(rules, stop_rules.recent(self.live.lineage, running.campaign_id, rules))
-
-    async def _stop_rules(self, campaign_id: str) -> StopRules:
-        """The rules CampaignStarted declared (the lineage keeps no copy of them), read once per campaign."""
-        if campaign_id not in self._rules:
-            started = await self.bus.last_event(subjects.campaign(campaign_id, "started"))
-            self._rules[campaign_id] = started.stop_rules if isinstance(started, CampaignStarted) else StopRules()
-        return self._rules[campaign_id]
+        return stop_rules.stop_reason(camp.stop_rules, stop_rules.recent(lineage, campaign_id, camp.stop_rules))
 
     def _prepare(self, campaign_id: str) -> None:
         """Warm the campaign's sandbox and held-out data before its first trial arrives."""

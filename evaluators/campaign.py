@@ -12,12 +12,13 @@ import msgspec
 from agents.registry import ARMS
 from bus.argtypes import at_least_two, positive_int
 from bus.connection import Bus
-from bus.events import CampaignStarted, CampaignStopped, StopRules, TrialProposed, check_token
+from bus.events import Budgets, CampaignStarted, CampaignStopped, Prices, StopRules, TrialProposed, check_token
 from evaluators.spec import Task, load_task, task_names
 from executors.devices import DEVICES_HELP, parse_devices
 from projections import views
 from projections.follow import catch_up
 from projections.lineage import Lineage
+from projections.ledger import budgets_from
 from projections.stop_rules import rules_from
 
 BASELINE = "baseline"
@@ -35,7 +36,7 @@ def baseline_params(task: Task) -> dict[str, float]:
 
 async def start_campaign(
     bus: Bus, task: Task, *, campaign_id: str, trials: int, arm: str = "lineage", noise: float | None = None,
-    stop_rules: StopRules = StopRules(),
+    stop_rules: StopRules = StopRules(), budgets: Budgets = Budgets(),
 ) -> CampaignStarted:
     """Publish CampaignStarted with the recipe bundle, then queue the baseline trial."""
     check_token("campaign", campaign_id)
@@ -53,6 +54,8 @@ async def start_campaign(
         noise=task.spec.noise if noise is None else noise,
         spec=msgspec.to_builtins(task.spec),
         stop_rules=stop_rules,
+        budgets=budgets,
+        prices=Prices(llm=bus.settings.llm_prices, device_hour=bus.settings.device_prices),
     )
     if not await bus.publish(started):
         raise ValueError(f"campaign {campaign_id} already exists; pick another --campaign")
@@ -109,12 +112,14 @@ async def _main(args) -> None:
         elif args.action == "start":
             task = load_task(args.task)
             campaign_id = args.campaign or default_campaign_id(task.name)
-            rules = rules_from(args.plateau, args.failure_storm, args.deadline)  # refused before any noise run
+            # Refused before any noise run.
+            rules = rules_from(args.plateau, args.failure_storm, args.deadline)
+            budgets = budgets_from(args.budget_usd, args.budget_device_hours)
             noise = args.noise
             if args.measure_noise:
                 noise = await measured_noise(task, args.measure_noise, args.devices)
             await start_campaign(bus, task, campaign_id=campaign_id, trials=args.trials, arm=args.arm, noise=noise,
-                                 stop_rules=rules)
+                                 stop_rules=rules, budgets=budgets)
             print(campaign_id)
         else:
             check_token("campaign", args.campaign)
@@ -138,6 +143,11 @@ def cli_arguments(parser) -> None:
     start.add_argument("--failure-storm", metavar="F/K",
                        help="stop when more than F%% of the last K trials fail on harness faults or one failure label")
     start.add_argument("--deadline", metavar="DURATION", help="stop this long after the start: 90s, 45m, 12h, 2d")
+    start.add_argument("--budget-usd", type=float, metavar="D",
+                       help="stop when LLM plus device dollars (at ARX_LLM_PRICES, ARX_DEVICE_PRICES) would pass D")
+    start.add_argument("--budget-device-hours", action="append", default=[], metavar="KIND=H",
+                       help="stop when the device-hours of KIND (cpu: core-hours, cuda: GPU-hours) would pass H;"
+                       " repeatable")
     running = actions.add_parser("running", help="print the id of the latest campaign still running")
     running.add_argument("--task", help="only campaigns of this task")
     stop = actions.add_parser("stop", help="publish CampaignStopped")

@@ -26,8 +26,9 @@ def confirmation_timeout(spec: TaskSpec, runs: int) -> float:
 
 
 async def confirm(bus: Bus, scorer: Scorer, task: Task, finished: TrialFinished, first: labels.Verdict, *,
-                  incumbent_id: str, noise: float, producer: str) -> labels.Verdict:
-    """Ask the executors to rerun the candidate and the incumbent interleaved, then judge the reruns."""
+                  incumbent_id: str, noise: float, producer: str) -> tuple[labels.Verdict, float]:
+    """Ask the executors to rerun the candidate and the incumbent interleaved, then judge the reruns.
+    Returns the verdict and the seconds spent scoring the reruns."""
     c, candidate = finished.campaign_id, finished.trial_id
     request = TrialConfirmationRequested(
         campaign_id=c, producer=producer, causation_id=finished.event_id,
@@ -38,14 +39,15 @@ async def confirm(bus: Bus, scorer: Scorer, task: Task, finished: TrialFinished,
     request = await bus.last_event(request.subject)
     timeout = confirmation_timeout(task.spec, len(request.runs))
     deadline = time.monotonic() + timeout
-    runs = []
+    runs, eval_s = [], 0.0
     for index, trial_id in enumerate(request.runs):
         rerun = await _rerun(bus, c, candidate, index, deadline)
         if rerun is None:
-            return labels.unconfirmed(first, f"rerun {index} did not finish within {timeout:.0f}s")
+            return labels.unconfirmed(first, f"rerun {index} did not finish within {timeout:.0f}s"), eval_s
         evaluation = await scorer.evaluate(task, rerun) if labels.scorable(rerun) else None
+        eval_s += evaluation.wall_s if evaluation else 0.0
         runs.append((trial_id, labels.judge(rerun, task.spec, evaluation)))
-    return labels.confirm(task.spec, first, runs, candidate, request.incumbent_id, noise)
+    return labels.confirm(task.spec, first, runs, candidate, request.incumbent_id, noise), eval_s
 
 
 async def _rerun(bus: Bus, c: str, candidate: str, index: int, deadline: float) -> ReplicateFinished | None:

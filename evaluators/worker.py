@@ -120,9 +120,11 @@ class Evaluator:
         incumbent = views.incumbent(self.live.lineage, finished.campaign_id, task.spec.direction)
         noise = campaign.noise or 0.0
         verdict = labels.label(finished, task.spec, evaluation, incumbent, noise)
+        eval_s = evaluation.wall_s if evaluation else 0.0
         if verdict.label == "keep" and labels.needs_confirmation(task.spec, verdict.score, incumbent, noise):
-            verdict = await confirm(self.bus, self.scorer, task, finished, verdict, incumbent_id=incumbent.trial_id,
-                                    noise=noise, producer=self.name)
+            verdict, rerun_s = await confirm(self.bus, self.scorer, task, finished, verdict,
+                                             incumbent_id=incumbent.trial_id, noise=noise, producer=self.name)
+            eval_s += rerun_s
         metrics = evaluation.metrics if evaluation else {}
         return TrialScored(
             campaign_id=finished.campaign_id, producer=self.name,
@@ -134,6 +136,7 @@ class Evaluator:
             incumbent_score=verdict.incumbent_score if verdict.incumbent_score is not None
             else incumbent.score if incumbent else None,
             noise=noise,
+            eval_s=round(eval_s, 3),
         )
 
 

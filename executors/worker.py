@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import functools
 import logging
 import os
 import shutil
@@ -49,6 +48,7 @@ from bus.logs import setup_logging
 from evaluators.spec import Task, TaskSpec, campaign_task, pack_folder
 from executors import preflight
 from executors.devices import CPU, Devices, device_class, parse_devices
+from executors.measurement import DeviceSeconds, Measurement, limits_of
 from executors.sandbox import Limits, RunResult, run_command
 from executors.trees import CampaignRepo, materialize
 
@@ -278,7 +278,7 @@ class Executor:
             causation_id=proposal.event_id,
             trial_id=proposal.trial_id,
             attempt=attempt,
-            **measured,
+            **measured.fields(),
         ))
 
     async def _confirm(self, request: TrialConfirmationRequested, attempt: int) -> None:
@@ -297,28 +297,31 @@ class Executor:
             measured = await self._measure(c, f"{rerun}-{attempt}", task, repo, commit)
             await self.bus.publish(ReplicateFinished(
                 campaign_id=c, producer=self.name, causation_id=request.event_id,
-                trial_id=trial_id, confirm_of=request.trial_id, index=index, attempt=attempt, **measured,
+                trial_id=trial_id, confirm_of=request.trial_id, index=index, attempt=attempt, **measured.fields(),
             ))
 
     async def _measure(self, campaign_id: str, name: str, task: Task, repo: CampaignRepo, commit: str, *,
-                       diff: str = "") -> dict:
-        """Run a commit's tree (an edit's preflight first) and store its log and artifact: the fields of
-        the finished event, everything measured from outside and never a score."""
+                       diff: str = "") -> Measurement:
+        """Run a commit's tree (an edit's preflight first) and store its log and artifact."""
         run_dir = self.home / "runs" / campaign_id / name
         log_path = run_dir.with_name(f"{run_dir.name}.log")
         budgets = task.spec.budgets
         limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb,
                         disk_mb=budgets.disk_mb)
         shutil.rmtree(run_dir, ignore_errors=True)  # left by a crashed executor with the same attempt
+        spent = DeviceSeconds(gpus=len(self.devices.ids))
+
+        def run(*args, **kwargs) -> RunResult:
+            return spent.add(self._run_command(task.spec, *args, **kwargs))
+
         try:
             await asyncio.to_thread(repo.export, commit, run_dir)
             await asyncio.to_thread(task.module().prepare, run_dir)
             failure = None
             if diff.strip():
-                run = functools.partial(self._run_command, task.spec)
                 failure = await asyncio.to_thread(preflight.check, task, run_dir, diff, log_path, run)
             if failure is None:
-                result = await asyncio.to_thread(self._run_command, task.spec, run_dir, limits, log_path)
+                result = await asyncio.to_thread(run, run_dir, limits, log_path)
             else:
                 result, limits = failure.result, failure.limits
             log_ref = await self.bus.put_object(f"logs/{campaign_id}/{name}.log", log_path.read_bytes())
@@ -327,7 +330,7 @@ class Executor:
             if failure is None and artifact_dir.is_dir() and not artifact_dir.is_symlink():
                 packed = await asyncio.to_thread(pack_folder, artifact_dir)
                 artifact_ref = await self.bus.put_object(f"artifacts/{campaign_id}/{name}.tar.gz", packed)
-            return dict(
+            return Measurement(
                 executor=self.name,
                 commit=commit,
                 exit_code=result.exit_code,
@@ -336,8 +339,7 @@ class Executor:
                 wall_s=result.wall_s,
                 cpu_s=result.cpu_s,
                 peak_rss_mb=result.peak_rss_mb,
-                limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
-                        "disk_mb": limits.disk_mb},
+                limits=limits_of(limits),
                 killed_by=result.killed_by,
                 disk_mb=result.disk_mb,
                 isolation=list(result.isolation),
@@ -346,6 +348,7 @@ class Executor:
                 artifact=artifact_ref,
                 stage="" if failure is None else PREFLIGHT_STAGE,
                 measured={} if failure is None else failure.measured,
+                device_s=spent.by_kind(),
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)

@@ -38,7 +38,7 @@ import msgspec
 from bus.connection import Bus
 from bus.edits import ANY_PATH, check_edit, surface_paths
 from bus.events import FAILURE_LABELS
-from projections import views
+from projections import ledger, views
 from projections.follow import catch_up
 from projections.lineage import Lineage
 
@@ -92,6 +92,7 @@ def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
     best = views.incumbent(lineage, campaign_id, camp.direction)
     baseline_score = root.score if root else None
     chain, broken_at = keep_chain({t.trial_id: t for t in trials}, best.trial_id) if best else ([], None)
+    costs = ledger.trial_ledgers(lineage, camp)
     return {
         "task": camp.task,
         "metric": camp.metric,
@@ -115,7 +116,33 @@ def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
         "keep_chain_broken_at": broken_at,
         "failure_repairs": failure_repairs(trials),
         "domain": domain_audit(camp.spec, trials, declared),
+        "cost": {
+            "total": _asdict(ledger.campaign_ledger(lineage, camp)),
+            "per_specialist": {k: _asdict(v) for k, v in ledger.ledger_by(lineage, camp, "specialist").items()},
+            "per_label": {k: _asdict(v) for k, v in ledger.ledger_by(lineage, camp, "label").items()},
+            "keep_chain": keep_chain_costs(chain, trials, costs),
+        },
     }
+
+
+_asdict = msgspec.structs.asdict
+
+
+def keep_chain_costs(chain: list[dict], trials: list[Trial], costs: dict[str, ledger.Ledger]) -> list[dict]:
+    """What each keep of the chain cost: its own trial, and every trial whose outcome came after the
+    previous keep's and up to its own (the failures and discards it took to find it)."""
+    by_id = {t.trial_id: t for t in trials}
+    steps, previous = [], -1
+    for step in chain:
+        seq = by_id[step["trial"]].outcome_seq
+        if seq is None:
+            continue
+        spent = [costs[t.trial_id].total_usd for t in trials
+                 if t.outcome_seq is not None and previous < t.outcome_seq <= seq]
+        steps.append({"trial": step["trial"], "usd": costs[step["trial"]].total_usd,
+                      "usd_since_previous_keep": round(sum(spent), 6), "trials_since_previous_keep": len(spent)})
+        previous = seq
+    return steps
 
 
 def _counts(values: Iterable[str]) -> dict[str, int]:
@@ -317,6 +344,14 @@ def _campaign_text(name: str, a: dict) -> str:
             f"    {step['trial']} {step['specialist']} {step['label']} {_num(step['score'])}"
             f" ({_num(step['delta'])}): {_short(step['hypothesis'])}"
         )
+    cost = a["cost"]
+    lines.append(f"  cost: {ledger.text(cost['total'])}")
+    for group in ("per_specialist", "per_label"):
+        shown = ", ".join(f"{key} ${spent['total_usd']:.4g}" for key, spent in cost[group].items())
+        lines.append(f"    {group.replace('_', ' ')}: {shown or 'none'}")
+    for step in cost["keep_chain"]:
+        lines.append(f"    keep {step['trial']}: ${step['usd']:.4g} itself, ${step['usd_since_previous_keep']:.4g} over"
+                     f" {plural(step['trials_since_previous_keep'], 'trial')} since the previous keep")
     repairs = a["failure_repairs"]
     lines.append(f"  failure-to-repair: {repairs['repaired']} of {plural(repairs['failures'], 'failure')} repaired")
     for label, n in repairs["by_label"].items():

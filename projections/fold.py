@@ -6,7 +6,9 @@ redelivered event or a rival outcome changes nothing it should not:
 - a campaign, a specialist or a trial is created by its first event of that kind (later ones are no-ops);
 - an event about a trial that has no row yet (logged before its proposal) does nothing;
 - the latest attempt's start wins, whatever order redeliveries are logged in;
-- the first outcome wins; a finish logged after it changes nothing, and only its gates are kept.
+- the first outcome wins; a finish logged after it changes nothing, and only its gates are kept;
+- cost adds up: every run, rerun, scoring and LLM call in the log was paid for, rival or not, so each
+  adds its device-seconds or tokens (a stored message is folded once: the checkpoint says which).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from bus.events import (
     CampaignStarted,
     CampaignStopped,
     Event,
+    LLMSpent,
+    ReplicateFinished,
     SpecialistJoined,
     TrialFinished,
     TrialProposed,
@@ -54,7 +58,7 @@ class Rows:
 
 
 def fold(rows: Rows, event: Event, seq: int) -> None:
-    """Apply one event to the rows (events that change no row, such as a confirmation run, do nothing)."""
+    """Apply one event to the rows (events that change no row, such as a confirmation request, do nothing)."""
     apply = _FOLDS.get(type(event))
     if apply is not None:
         apply(rows, event, seq)
@@ -66,7 +70,9 @@ def named_rows(events: Iterable[Event]) -> tuple[set[str], dict[str, set[str]]]:
     trials: dict[str, set[str]] = {}
     for event in events:
         kind = type(event)
-        if kind in _TRIAL_FOLDS:
+        if kind is ReplicateFinished:  # a confirmation's cost is its candidate's
+            trials.setdefault(event.campaign_id, set()).add(event.confirm_of)
+        elif kind in _TRIAL_FOLDS:
             trials.setdefault(event.campaign_id, set()).add(event.trial_id)
         elif kind in _CAMPAIGN_FOLDS:
             campaigns.add(event.campaign_id)
@@ -83,7 +89,8 @@ def _campaign_started(rows: Rows, event: CampaignStarted, seq: int) -> None:
             "campaign_id": event.campaign_id, "task": event.task, "metric": event.metric,
             "direction": event.direction, "max_trials": event.max_trials, "arm": event.arm, "noise": event.noise,
             "started_at": event.occurred_at, "started_seq": seq, "bundle_sha256": event.bundle.sha256,
-            "spec": _text(event.spec),
+            "spec": _text(event.spec), "stop_rules": _text(event.stop_rules), "budgets": _text(event.budgets),
+            "prices": _text(event.prices),
         }
 
 
@@ -91,6 +98,13 @@ def _campaign_stopped(rows: Rows, event: CampaignStopped, seq: int) -> None:
     row = rows.campaigns.get(event.campaign_id)
     if row is not None and row["stopped_at"] is None:
         row["stopped_at"], row["stop_reason"] = event.occurred_at, event.reason
+
+
+def _llm_spent(rows: Rows, event: LLMSpent, seq: int) -> None:
+    row = rows.campaigns.get(event.campaign_id)
+    if row is not None:
+        row["unproposed_tokens"] += event.tokens_in + event.tokens_out
+        row["unproposed_usd"] += event.cost_usd
 
 
 def _specialist_joined(rows: Rows, event: SpecialistJoined, seq: int) -> None:
@@ -119,6 +133,7 @@ def _trial_started(rows: Rows, event: TrialStarted, seq: int) -> None:
 
 def _trial_finished(rows: Rows, event: TrialFinished, seq: int) -> None:
     row = rows.trials.get((event.campaign_id, event.trial_id))
+    _add_device_seconds(row, event)
     if row is not None and row["outcome"] is None:
         row.update(
             finished_at=event.occurred_at, commit_sha=event.commit, exit_code=event.exit_code, signal=event.signal,
@@ -127,8 +142,21 @@ def _trial_finished(rows: Rows, event: TrialFinished, seq: int) -> None:
         )
 
 
+def _replicate_finished(rows: Rows, event: ReplicateFinished, seq: int) -> None:
+    _add_device_seconds(rows.trials.get((event.campaign_id, event.confirm_of)), event)
+
+
+def _add_device_seconds(row: dict | None, event: TrialFinished | ReplicateFinished) -> None:
+    if row is not None:
+        spent = event.device_s or {"cpu": event.cpu_s}  # events from before device_s
+        row["device_cpu_s"] += spent.get("cpu", 0.0)
+        row["device_cuda_s"] += spent.get("cuda", 0.0)
+
+
 def _trial_outcome(rows: Rows, event: _TrialOutcome, seq: int) -> None:
     row = rows.trials.get((event.campaign_id, event.trial_id))
+    if row is not None and isinstance(event, TrialScored):
+        row["eval_s"] += event.eval_s
     if row is None or row["outcome"] is not None:
         return
     ev = event.evidence
@@ -150,9 +178,10 @@ def _trial_outcome(rows: Rows, event: _TrialOutcome, seq: int) -> None:
     ]
 
 
-_CAMPAIGN_FOLDS = {CampaignStarted: _campaign_started, CampaignStopped: _campaign_stopped}
+_CAMPAIGN_FOLDS = {CampaignStarted: _campaign_started, CampaignStopped: _campaign_stopped, LLMSpent: _llm_spent}
 _TRIAL_FOLDS = {
     TrialProposed: _trial_proposed, TrialStarted: _trial_started, TrialFinished: _trial_finished,
+    ReplicateFinished: _replicate_finished,
     **{outcome: _trial_outcome for outcome in OUTCOME_TYPES},
 }
 _FOLDS = {**_CAMPAIGN_FOLDS, SpecialistJoined: _specialist_joined, **_TRIAL_FOLDS}

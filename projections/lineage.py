@@ -38,7 +38,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (
     campaign_id TEXT PRIMARY KEY, task TEXT, metric TEXT, direction TEXT, max_trials INTEGER,
     arm TEXT, noise REAL, started_at TEXT, started_seq INTEGER, bundle_sha256 TEXT, spec TEXT,
-    stopped_at TEXT, stop_reason TEXT
+    stopped_at TEXT, stop_reason TEXT, stop_rules TEXT, budgets TEXT, prices TEXT,
+    -- LLM calls that led to no proposal (LLMSpent); a trial's own are on its row
+    unproposed_tokens INTEGER DEFAULT 0, unproposed_usd REAL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS specialists (
     campaign_id TEXT, specialist TEXT, surface TEXT, policy TEXT, joined_at TEXT,
@@ -55,6 +57,9 @@ CREATE TABLE IF NOT EXISTS trials (
     delta REAL, noise REAL, outcome_seq INTEGER, outcome_at TEXT,
     evidence_stage TEXT, evidence_gate TEXT, evidence_measured REAL, evidence_limit REAL,
     evidence_frame TEXT, evidence_message TEXT,
+    -- The ledger: device-seconds of every run of the trial (rivals and confirmation reruns included)
+    -- and the evaluators' scoring time
+    device_cpu_s REAL DEFAULT 0, device_cuda_s REAL DEFAULT 0, eval_s REAL DEFAULT 0,
     PRIMARY KEY (campaign_id, trial_id)
 );
 CREATE INDEX IF NOT EXISTS trials_by_outcome ON trials (campaign_id, outcome_seq);

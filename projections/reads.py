@@ -95,11 +95,14 @@ def has_outcome(lineage: Lineage, campaign_id: str, trial_id: str) -> bool:
 
 
 def campaign_cost(lineage: Lineage, campaign_id: str) -> float:
-    """Dollars the campaign's trials have cost so far (served by the partial index trials_by_cost)."""
+    """LLM dollars the campaign has spent so far: its trials' (served by the partial index trials_by_cost)
+    and its calls' that led to no proposal."""
     (spent,) = _one(
         lineage, "SELECT coalesce(sum(cost_usd), 0) FROM trials WHERE campaign_id = ? AND cost_usd > 0", (campaign_id,)
     )
-    return spent
+    (unproposed,) = _one(lineage, "SELECT coalesce(unproposed_usd, 0) FROM campaigns WHERE campaign_id = ?",
+                         (campaign_id,)) or (0.0,)
+    return spent + unproposed
 
 
 def step(lineage: Lineage, campaign_id: str, trial_id: str) -> Step | None:

@@ -12,14 +12,15 @@ import sys
 from pathlib import Path
 
 import anyio
+import msgspec
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from bus import subjects
 from bus.connection import Bus
-from bus.events import CampaignStarted, StopRules, check_token
-from projections import stop_rules, views
+from bus.events import check_token
+from projections import ledger, stop_rules, views
 from projections.follow import catch_up
 from projections.lineage import Lineage
 
@@ -30,15 +31,24 @@ DELTA = "delta vs incumbent"
 PIPE_WIDTH = 160
 
 
+def summary(lineage: Lineage, campaign: str | None) -> dict | None:
+    """views.summary, with how close the campaign is to each stop rule and budget, and its ledger."""
+    found = views.summary(lineage, campaign)
+    if found is not None:
+        camp = views.campaign(lineage, found["campaign"])
+        rules = camp.stop_rules
+        found["stop_rules"] = stop_rules.progress(rules, stop_rules.recent(lineage, camp.campaign_id, rules))
+        found["ledger"] = msgspec.structs.asdict(ledger.campaign_ledger(lineage, camp))
+        found["budgets"] = ledger.progress(lineage, camp)
+    return found
+
+
 def read_file(path: Path, campaign: str | None) -> dict | None:
     if not path.is_file():
         raise RuntimeError(f"no lineage database at {path}")
     lineage = Lineage(path, readonly=True)
     try:
-        summary = views.summary(lineage, campaign)
-        if summary is not None:
-            summary["stop_rules"] = None  # declared in CampaignStarted, which a lineage file keeps no copy of
-        return summary
+        return summary(lineage, campaign)
     except sqlite3.Error as exc:
         raise RuntimeError(f"{path} is not a readable lineage database ({exc})") from None
     finally:
@@ -52,18 +62,8 @@ async def read_log(campaign: str | None) -> dict | None:
             if folded is None:
                 return None
             campaign, lineage = folded
-            summary = views.summary(lineage, campaign)
-            if summary is not None:
-                summary["stop_rules"] = await rules_progress(bus, lineage, summary)
-            return summary
+            return summary(lineage, campaign)
     raise RuntimeError(f"reading the log took longer than {BUS_TIMEOUT_S:.0f}s")
-
-
-async def rules_progress(bus: Bus, lineage: Lineage, summary: dict) -> list[dict]:
-    """How close the campaign is to each stop rule its CampaignStarted declared (the lineage keeps no copy)."""
-    started = await bus.last_event(subjects.campaign(summary["campaign"], "started"))
-    rules = started.stop_rules if isinstance(started, CampaignStarted) else StopRules()
-    return stop_rules.progress(rules, stop_rules.recent(lineage, summary["campaign"], rules))
 
 
 async def fold_campaign(bus: Bus, campaign: str | None) -> tuple[str, Lineage] | None:
@@ -91,7 +91,7 @@ def _number(value: float | None, digits: int = 4) -> str:
 def render(summary: dict, console: Console) -> None:
     s = summary
     better = "lower" if s["direction"] == "min" else "higher"
-    state = "stopped" if s["stopped"] else "running"
+    state = f"stopped ({s['stop_reason']})" if s["stopped"] else "running"
     console.print(
         f"[bold]{s['campaign']}[/bold]  {s['task']}  {s['metric']} ({better} is better)  arm {s['arm']}  {state}"
     )
@@ -111,8 +111,11 @@ def render(summary: dict, console: Console) -> None:
         f" {s['confirmed']} close wins settled by interleaved reruns"
     )
 
-    for rule in s.get("stop_rules") or []:
+    for rule in s["stop_rules"]:
         console.print(f"stop rule {rule['rule']}: {rule['says']}")
+    console.print(f"cost: {ledger.text(s['ledger'])}")
+    for budget in s["budgets"]:
+        console.print(f"budget {budget['budget']}: {budget['says']}")
 
     if s["skipped_events"]:
         reasons = ", ".join(f"{reason} {n}" for reason, n in s["skipped_events"].items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from bus.events import Budgets, Prices, StopRules
 from projections.lineage import BUDGETED, Lineage, loads
 
 
@@ -47,6 +48,9 @@ class Campaign(msgspec.Struct, frozen=True):
     spec: dict
     stopped_at: str | None
     stop_reason: str | None
+    stop_rules: StopRules
+    budgets: Budgets
+    prices: Prices
 
 
 _CAMPAIGN_COLUMNS = ", ".join(Campaign.__struct_fields__)
@@ -62,7 +66,10 @@ def campaign(lineage: Lineage, campaign_id: str | None = None) -> Campaign | Non
     if row is None:
         return None
     fields = dict(zip(Campaign.__struct_fields__, row))
-    return Campaign(**fields | {"spec": loads(fields["spec"]) or {}})
+    # JSON columns: a NULL is a campaign from before the column, which declared none.
+    for name, kind in (("spec", dict), ("stop_rules", StopRules), ("budgets", Budgets), ("prices", Prices)):
+        fields[name] = msgspec.json.decode(fields[name], type=kind) if fields[name] else kind()
+    return Campaign(**fields)
 
 
 def running_campaign(lineage: Lineage, task: str | None = None) -> str | None:
@@ -259,6 +266,7 @@ def summary(lineage: Lineage, campaign_id: str | None = None, *, recent: int = 1
         "arm": camp.arm,
         "max_trials": camp.max_trials,
         "stopped": camp.stopped_at is not None,
+        "stop_reason": camp.stop_reason,
         "trials_proposed": lineage.db.execute(
             "SELECT count(*) FROM trials WHERE campaign_id = ?", (c,)
         ).fetchone()[0],

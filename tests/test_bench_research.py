@@ -29,7 +29,9 @@ def test_runs_each_arm_on_its_own_cluster_and_writes_the_section(tmp_path):
     runs = json.loads(done.stdout)
     assert [(r["arm"], r["seed"]) for r in runs] == [("lineage", 0), ("no-lineage", 0)]
     for run in runs:
-        assert list(run) == ["arm", "seed", "baseline_score", "best_score", "improvement_pct", "labels"]
+        assert list(run) == ["arm", "seed", "baseline_score", "best_score", "improvement_pct", "labels", "ledger"]
+        # Arms are compared at equal cost too: each run's ledger has its runs' CPU time.
+        assert run["ledger"]["device_s"]["cpu"] > 0 and run["ledger"]["total_usd"] == 0.0
         assert run["baseline_score"] == 5.0  # the tiny recipe's VALUE: both arms start from it
         assert run["best_score"] <= 5.0 and sum(run["labels"].values()) == 2 and run["labels"]["keep"] >= 1
         # signed change, as in `arx status`: negative when the lower-is-better VALUE went down
@@ -37,7 +39,7 @@ def test_runs_each_arm_on_its_own_cluster_and_writes_the_section(tmp_path):
     text = benchmarks.read_text()
     assert "## Replay\n\nother numbers\n" in text
     assert f"## {SECTION}" in text and "`arx bench research --task tiny --arms lineage,no-lineage --trials 2" in text
-    assert "| lineage | 0 | 5 |" in text and "| no-lineage | 0 | 5 |" in text
+    assert "| lineage | 0 | 5 |" in text and "| no-lineage | 0 | 5 |" in text and "| $0 (LLM $0 for 0 tokens" in text
     # Each run had a nats-server of its own: its own port, its own store holding only its own campaign.
     workdir = Path(re.search(r"logs of the runs are in (\S+)", done.stderr).group(1))
     try:
