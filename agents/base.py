@@ -18,7 +18,7 @@ import anyio
 
 from agents.trees import Trees
 from bus.connection import Bus
-from bus.events import LLMSpent, SpecialistJoined, TrialProposed, check_token, oversize
+from bus.events import LLMSpent, SlotClaimed, SpecialistJoined, TrialProposed, check_token, oversize
 from bus.settings import Settings, load_settings
 from evaluators.spec import Task, campaign_task
 from projections import ledger, reads, views
@@ -277,19 +277,22 @@ class Specialist:
             await anyio.sleep(self.poll_s)
             return None
         if isinstance(proposal, Spent):
-            await bus.publish(LLMSpent(campaign_id=c, producer=self._producer, specialist=self.specialist,
-                                       model=proposal.model, tokens_in=proposal.tokens_in,
-                                       tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
-                                       reason=proposal.reason[:2000]))
+            await self._publish_spent(bus, c, proposal)
             return None
-        if proposal is None or views.campaign(lineage, c).stopped_at is not None:
+        if proposal is None:
             return None
         if (too_big := oversize(proposal.hypothesis, proposal.diff)) is not None:
             # Proposed without its texts and rejected: the attempt counts, so a policy cannot loop on it.
             proposal = dataclasses.replace(proposal, hypothesis=proposal.hypothesis[:HYPOTHESIS_KEPT_CHARS], diff="",
                                            rejection=too_big)
         trial_id = self._next_trial_id(lineage, c)
-        await bus.publish(self._event(c, trial_id, proposal.parent_id or context.parent_id, proposal))
+        slot = await self._claim_slot(bus, lineage, c, trial_id)
+        if slot is None:  # stopped meanwhile, or other agents took the last slots: the proposal is dropped
+            if proposal.tokens_in or proposal.tokens_out:  # but not what it cost
+                await self._publish_spent(bus, c, Spent(proposal.model, proposal.tokens_in, proposal.tokens_out,
+                                                        proposal.cost_usd, "no trial slot left for the proposal"))
+            return None
+        await bus.publish(self._event(c, trial_id, proposal.parent_id or context.parent_id, proposal, slot))
         if proposal.rejection is not None:  # an executor writes its invalid_edit outcome: agents write none
             log.warning("%s: %s is invalid_edit: %s", self.specialist, trial_id, proposal.rejection)
         else:
@@ -301,11 +304,29 @@ class Specialist:
         if proposal.parent_id is not None and not reads.has_trial(lineage, c, proposal.parent_id):
             raise ValueError(f"proposal names parent {proposal.parent_id!r}, which is not a trial of {c}")
 
+    async def _claim_slot(self, bus: Bus, lineage: Lineage, c: str, trial_id: str) -> int | None:
+        """The first of the campaign's free trial slots this agent wins, or None when none is left."""
+        camp = views.campaign(lineage, c)
+        if camp.stopped_at is not None:
+            return None
+        for slot in views.slots(lineage, camp):
+            claim = SlotClaimed(campaign_id=c, producer=self._producer, slot=slot, trial_id=trial_id,
+                                specialist=self.specialist)
+            if await bus.publish(claim):
+                return slot
+        return None
+
+    async def _publish_spent(self, bus: Bus, c: str, spent: Spent) -> None:
+        await bus.publish(LLMSpent(campaign_id=c, producer=self._producer, specialist=self.specialist,
+                                   model=spent.model, tokens_in=spent.tokens_in, tokens_out=spent.tokens_out,
+                                   cost_usd=spent.cost_usd, reason=spent.reason[:2000]))
+
     def _next_trial_id(self, lineage: Lineage, c: str) -> str:
         count = views.trial_count(lineage, c, self.specialist)
         return check_token("trial", f"{self.specialist}-{count + 1:04d}-{uuid.uuid4().hex[:6]}")
 
-    def _event(self, c: str, trial_id: str, parent_id: str, proposal: Proposal) -> TrialProposed:
+    def _event(self, c: str, trial_id: str, parent_id: str, proposal: Proposal, slot: int | None = None
+               ) -> TrialProposed:
         return TrialProposed(
             campaign_id=c,
             producer=self._producer,
@@ -325,6 +346,7 @@ class Specialist:
             latency_s=proposal.latency_s,
             cost_usd=proposal.cost_usd,
             rejection=proposal.rejection,
+            slot=slot,
         )
 
     async def _await_folded(self, live: LiveLineage, c: str, trial_id: str) -> None:

@@ -200,6 +200,24 @@ class TrialProposed(_TrialEvent):
     # Why the agent itself found its edit invalid (it does not apply, say): the trial is proposed all the
     # same, so the attempt stays in the lineage, and the executor records this as its invalid_edit outcome.
     rejection: str | None = None
+    # The budget slot the agent claimed for this trial (SlotClaimed); None for the baseline.
+    slot: Int64 | None = None
+
+
+class SlotClaimed(Event):
+    """An agent takes one of the campaign's trial slots before it proposes. A slot's subject holds one
+    claim, so agents that share a campaign cannot together propose more trials than its budget."""
+
+    aggregate: ClassVar[str] = "slot"
+    verb: ClassVar[str] = "claimed"
+
+    slot: Int64
+    trial_id: str
+    specialist: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return str(self.slot)
 
 
 def oversize(hypothesis: str, diff: str) -> str | None:
@@ -358,6 +376,7 @@ AnyEvent = Union[
     TrialConfirmationRequested,
     ReplicateFinished,
     LLMSpent,
+    SlotClaimed,
 ]
 EVENT_TYPES = {cls.__name__: cls for cls in AnyEvent.__args__}
 OUTCOME_TYPES = (TrialScored, TrialRejected, TrialAbandoned)

@@ -4,7 +4,7 @@ The log is only as trustworthy as its least trusted writer, so the rules are enf
 itself, not by our clients' manners: a role's credential lets it publish only the facts it owns.
 
 - admin: starts and stops campaigns, imports logs, owns the stream, its consumers and the object store;
-- agent: joins campaigns, proposes trials and reports LLM spend that led to no trial (a proposal it
+- agent: joins campaigns, claims trial slots, proposes trials and reports LLM spend that led to no trial (a proposal it
   finds invalid itself carries the reason, and the executor writes the outcome): an agent can never
   write an outcome or a score;
 - executor: starts and finishes runs, stores logs and artifacts, and writes the outcome of a trial it
@@ -36,7 +36,7 @@ QUEUES = {"executors": "executor", "executors-cuda": "executor", "evaluators": "
 # The facts each role may publish, as stream subjects (bus.subjects builds every subject).
 FACTS = {
     "admin": [subjects.ALL],
-    "agent": [subjects.JOINS, subjects.PROPOSALS, subjects.SPENDS],
+    "agent": [subjects.JOINS, subjects.SLOTS, subjects.PROPOSALS, subjects.SPENDS],
     "executor": [subjects.STARTS, subjects.FINISHES, subjects.REPLICATES, subjects.OUTCOMES],
     "evaluator": [subjects.OUTCOMES, subjects.CONFIRMATIONS, subjects.STOPS],
     "reader": [],

@@ -122,6 +122,7 @@ def _trial_proposed(rows: Rows, event: TrialProposed, seq: int) -> None:
             "diff": event.diff, "shown_ids": _text(event.shown_ids), "params": _text(event.params),
             "model": event.model, "tokens_in": event.tokens_in, "tokens_out": event.tokens_out,
             "latency_s": event.latency_s, "cost_usd": event.cost_usd, "proposed_at": event.occurred_at,
+            "slot": event.slot,
         }
 
 

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS specialists (
 CREATE TABLE IF NOT EXISTS trials (
     campaign_id TEXT, trial_id TEXT, proposed_seq INTEGER, specialist TEXT, surface TEXT, policy TEXT,
     parent_id TEXT, hypothesis TEXT, expected_delta REAL, diff TEXT, shown_ids TEXT, params TEXT,
-    model TEXT, tokens_in INTEGER, tokens_out INTEGER, latency_s REAL, cost_usd REAL, proposed_at TEXT,
+    model TEXT, tokens_in INTEGER, tokens_out INTEGER, latency_s REAL, cost_usd REAL, proposed_at TEXT, slot INTEGER,
     started_at TEXT, executor TEXT, attempts INTEGER DEFAULT 0,
     finished_at TEXT, commit_sha TEXT, exit_code INTEGER, signal INTEGER, timed_out INTEGER,
     wall_s REAL, peak_rss_mb REAL, log_tail TEXT,

@@ -146,6 +146,19 @@ def counted_outcomes(lineage: Lineage, campaign_id: str) -> int:
     return n
 
 
+def slots(lineage: Lineage, camp: Campaign) -> range:
+    """The trial slots an agent may still claim (SlotClaimed), in order: up to max_trials in all, less
+    the budget that trials without a slot take (the baseline), plus one for each slotted trial the
+    harness abandoned (replaced, as it does not count)."""
+    last, abandoned, unslotted = lineage.db.execute(
+        "SELECT coalesce(max(slot), 0), count(*) FILTER (WHERE slot IS NOT NULL AND outcome = 'TrialAbandoned'),"
+        f" count(*) FILTER (WHERE slot IS NULL AND (outcome IS NULL OR {BUDGETED}))"
+        " FROM trials WHERE campaign_id = ?",
+        (camp.campaign_id,),
+    ).fetchone()
+    return range(last + 1, camp.max_trials - unslotted + abandoned + 1)
+
+
 def in_flight(lineage: Lineage, campaign_id: str, specialist: str | None = None) -> int:
     """Proposed trials without an outcome yet (optionally only one specialist's)."""
     sql = "SELECT count(*) FROM trials WHERE campaign_id = ? AND outcome IS NULL"

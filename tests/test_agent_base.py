@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import msgspec
 import pytest
 from agent_helpers import (
     BASELINE_FILES,
@@ -33,7 +34,7 @@ from agents.base import (
 from agents.edits import apply_diff, read_knob, set_knob, unified_diff
 from agents.trees import Trees
 from bus.connection import Bus
-from bus.events import MAX_DIFF_BYTES, MAX_HYPOTHESIS_BYTES, decode, oversize
+from bus.events import MAX_DIFF_BYTES, MAX_HYPOTHESIS_BYTES, SlotClaimed, decode, oversize
 
 pytestmark = pytest.mark.anyio
 
@@ -138,6 +139,35 @@ async def test_stops_proposing_when_the_budget_is_used(arx_env):
             assert await stays_at(bus, agent, "c1", 3)
 
         await run_until_stopped(agent, bus, "c1", steps)
+
+
+async def test_specialists_that_share_a_budget_never_pass_it_together(arx_env):
+    """Four specialists, each with room for five trials in flight, see the same free budget at once:
+    trial slots, each held by one claim on its own subject, let only the budget's trials through. A
+    plain client that squats a slot takes that trial from the budget, never adds one."""
+    async with await Bus.connect(role="admin") as bus:
+        await start_campaign(bus, "c1", max_trials=6)
+        await score(bus, "c1", "baseline", 10.0)
+        # Slots 1-5 are for the agents; a client with the agent's rights takes slot 2 for a trial it never proposes.
+        squat = SlotClaimed(campaign_id="c1", slot=2, trial_id="ghost", specialist="nobody")
+        assert await bus.publish(squat) and not await bus.publish(msgspec.structs.replace(squat, trial_id="ghost-2"))
+        agents = [StepEpochs(specialist=f"stepper-{i}", surface="optimizer", poll_s=0.05, max_in_flight=5)
+                  for i in range(4)]
+
+        async def proposed() -> list[dict]:
+            return (await folded(bus)).query("SELECT trial_id, slot FROM trials WHERE campaign_id = 'c1' AND slot > 0")
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for agent in agents:
+                    tg.start_soon(agent.run)
+                while len(await proposed()) < 4:
+                    await anyio.sleep(0.05)
+                for agent in agents:
+                    assert await stays_at(bus, agent, "c1", len(await trials_of(bus, "c1", agent.specialist)))
+                await stop_campaign(bus, "c1")
+        rows = await proposed()
+    assert sorted(row["slot"] for row in rows) == [1, 3, 4, 5]
 
 
 async def test_proposes_against_the_incumbent_tree_rebuilt_from_the_chain(arx_env):

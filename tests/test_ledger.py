@@ -129,7 +129,7 @@ def test_a_device_hours_budget_stops_a_real_campaign(arx_env, tmp_path):
     assert summary["stop_reason"].startswith("budget cpu_hours: "), summary["stop_reason"]
     (budget,) = summary["budgets"]
     assert budget["budget"] == "cpu_hours" and budget["limit"] == 0.0006
-    assert summary["ledger"]["device_s"]["cpu"] == pytest.approx(budget["spent"] * 3600, abs=1e-3)
+    assert summary["ledger"]["device_s"]["cpu"] == pytest.approx(budget["spent"] * 3600, abs=0.01)
     assert 2 <= summary["trials_scored"] < 200
     # It stopped on the budget, within about one trial of it.
     assert budget["spent"] + budget["per_trial"] > budget["limit"]

@@ -4,9 +4,11 @@ documented command or flag that stops working fails here."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 
@@ -121,3 +123,28 @@ def test_up_sh_usage_names_every_flag_it_takes():
     for flag in flags:
         assert re.search(rf"{flag}\b", done.stderr), f"{flag} is not in up.sh's usage: {done.stderr}"
         assert re.search(rf"{flag}\b", header), f"{flag} is not in up.sh's header comment"
+
+
+def readme_arx_commands() -> list[list[str]]:
+    """Every `arx` command line of the README's bash blocks (continuations joined, comments cut), as argv."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    commands = []
+    for line in lines:
+        if "bin/arx " in line and "$(" not in line.split("bin/arx ", 1)[1]:
+            words = shlex.split(line.split("bin/arx ", 1)[1], comments=True)
+            commands.append(list(itertools.takewhile(lambda word: word not in ("|", ">", ";", "&&"), words)))
+    return commands
+
+
+@pytest.mark.parametrize("argv", readme_arx_commands(), ids=" ".join)
+def test_every_arx_command_in_the_readme_parses_with_its_flags(argv):
+    """A command or flag the README shows but `arx` no longer takes fails here, each line on its own."""
+    import arx
+
+    assert arx.build_parser(argv[0]).parse_args(argv).command == argv[0]
+
+
+def test_the_readme_shows_the_commands_people_run_first():
+    shown = {argv[0] for argv in readme_arx_commands()}
+    assert {"status", "audit", "export", "import", "replay", "campaign", "agent", "show", "recipe"} <= shown, shown
