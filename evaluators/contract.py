@@ -2,7 +2,7 @@
 task.py has them.
 
 One Protocol per way a task is scored (TaskSpec.scored_from) names the functions that kind must have;
-SizedArtifact names the one optional function. A task module implements them as a module does
+SizedArtifact and HoldoutSplit name the optional ones. A task module implements them as a module does
 (PEP 544): its functions are the methods without `self`, so a type checker accepts `task.module()`
 wherever one of them is expected.
 
@@ -56,6 +56,14 @@ class SizedArtifact(Protocol):
         """Executor's preflight (executors/preflight.py), on a smoke run's artifact: the bytes a size gate sums."""
 
 
+class HoldoutSplit(Protocol):
+    """Optional, of an artifact-scored task; used only by `arx audit --holdout`."""
+
+    def holdout(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The audit (evaluators/holdout.py): a second held-out split, disjoint from heldout()'s and from the
+        training data, in heldout()'s form; no keep decision uses it, so it tells whether the keeps generalize."""
+
+
 KINDS = {"artifact": ("an artifact-scored task", ArtifactScoredTask), "log": ("a log-scored task", LogScoredTask)}
 
 
@@ -66,7 +74,7 @@ def signatures(protocol: type) -> dict[str, str]:
 
 
 REQUIRED = {scored_from: signatures(protocol) for scored_from, (_, protocol) in KINDS.items()}
-OPTIONAL = signatures(SizedArtifact)
+OPTIONAL = {**signatures(SizedArtifact), **signatures(HoldoutSplit)}
 
 
 def check_module(module: ModuleType, task: str, scored_from: str, path: Path) -> None:

@@ -104,14 +104,11 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None, devi
     if needs != devices.kind:
         where = "with --devices auto or a list like cuda:0,cuda:1" if needs != CPU else "on CPUs, without --devices"
         raise ValueError(f"task {task.name} runs on {needs} devices: measure its noise {where}")
-    settings = load_settings()
-    home = Path(home or settings.home)
+    home = Path(home or load_settings().home)
     home.mkdir(parents=True, exist_ok=True)
-    spec, module = task.spec, task.module()
-    budgets = spec.budgets
-    limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb)
+    spec = task.spec
     bundle = task.bundle()
-    heldout = None if spec.scored_from == "log" else await asyncio.to_thread(module.heldout)
+    heldout = None if spec.scored_from == "log" else await asyncio.to_thread(task.module().heldout)
     load_before = os.getloadavg()
     scores, failures = [], []
     work = Path(tempfile.mkdtemp(prefix=f"noise-{task.name}-", dir=home))
@@ -121,19 +118,7 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None, devi
             run_dir = work / f"run-{run}"
             run_dir.mkdir()
             await asyncio.to_thread(unpack_artifact, bundle, run_dir)
-            await asyncio.to_thread(module.prepare, run_dir)
-            result = await asyncio.to_thread(
-                run_recipe, spec, run_dir, limits, work / f"run-{run}.log", home=home, devices=devices
-            )
-            finished = TrialFinished(
-                campaign_id="noise", trial_id=f"run-{run}", executor="arx-noise",
-                exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out, wall_s=result.wall_s,
-                cpu_s=result.cpu_s, peak_rss_mb=result.peak_rss_mb,
-                limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb},
-                log_tail=log_tail(result.log, settings.log_tail_chars),
-            )
-            evaluation = await _evaluate(task, run_dir, result.log, pool, heldout) if labels.scorable(finished) else None
-            verdict = labels.judge(finished, spec, evaluation)
+            verdict = await judged_run(task, run_dir, pool, heldout, home=home, devices=devices)
             if verdict.label == labels.PASSED:
                 scores.append(verdict.score)
                 line = f"run {run}: {spec.score} {verdict.score:.6g}"
@@ -148,6 +133,28 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None, devi
         shutil.rmtree(work, ignore_errors=True)
     return NoiseReport(task=task.name, score=spec.score, prior=spec.noise, scores=scores, failures=failures,
                        cpus=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg())
+
+
+async def judged_run(task: Task, run_dir: Path, pool: SandboxPool, heldout: tuple | None, *, home: Path,
+                     devices: Devices = Devices()) -> labels.Verdict:
+    """Run the tree in run_dir as an executor runs a trial (the task's prepare(), the trial's limits, the
+    host's locks) and judge it as the evaluator judges one, its artifact scored on `heldout` (the
+    task's (inputs, targets); None for a task scored from its log). The log is written beside run_dir."""
+    spec, settings = task.spec, load_settings()
+    budgets = spec.budgets
+    limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb)
+    await asyncio.to_thread(task.module().prepare, run_dir)
+    log_path = run_dir.with_name(f"{run_dir.name}.log")
+    result = await asyncio.to_thread(run_recipe, spec, run_dir, limits, log_path, home=home, devices=devices)
+    finished = TrialFinished(
+        campaign_id="local", trial_id=run_dir.name, executor="arx-local",
+        exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out, wall_s=result.wall_s,
+        cpu_s=result.cpu_s, peak_rss_mb=result.peak_rss_mb,
+        limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb},
+        log_tail=log_tail(result.log, settings.log_tail_chars),
+    )
+    evaluation = await _evaluate(task, run_dir, result.log, pool, heldout) if labels.scorable(finished) else None
+    return labels.judge(finished, spec, evaluation)
 
 
 async def _evaluate(

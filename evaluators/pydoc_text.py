@@ -3,7 +3,10 @@
 The topics repeat whole sections of each other, so the split is made on deduplicated paragraphs, each
 assigned to a side by a hash of its own text (duplicates always land on the same side). A held-out
 paragraph that shares a LEAK_WINDOW-byte window with the training text is dropped, so no run of 64 bytes
-or more is found on both sides. The text is that of the running interpreter's pydoc_data: the
+or more is found on both sides. The held-out paragraphs are then cut in two: the first VALIDATION_BYTES
+(`heldout`, what trials are scored on) and the rest (`holdout`, which no keep decision uses: `arx audit
+--holdout`), whose paragraphs sharing a window with the first part or the training text, white space
+collapsed, are dropped the same way. The text is that of the running interpreter's pydoc_data: the
 executor and the evaluator run the same Python.
 """
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 
 HELDOUT_BUCKETS = 5  # one paragraph in five is held out
+VALIDATION_BYTES = 32_768  # the held-out paragraphs that start in these first bytes are the validation part
 LEAK_WINDOW = 56  # checked every LEAK_STRIDE bytes: any common run of 64 bytes contains such a window
 LEAK_STRIDE = 8
 PARAGRAPH_BREAK = "\n\n"
@@ -24,12 +28,16 @@ PARAGRAPH_BREAK = "\n\n"
 class Split:
     train: tuple[str, ...]
     heldout: tuple[str, ...]
+    holdout: tuple[str, ...]
 
     def train_bytes(self) -> bytes:
         return PARAGRAPH_BREAK.join(self.train).encode()
 
     def heldout_bytes(self) -> bytes:
         return PARAGRAPH_BREAK.join(self.heldout).encode()
+
+    def holdout_bytes(self) -> bytes:
+        return PARAGRAPH_BREAK.join(self.holdout).encode()
 
 
 def paragraphs() -> list[str]:
@@ -75,4 +83,26 @@ def split() -> Split:
     train = tuple(p for p in every if not _held_out(p))
     candidates = [p for p in every if _held_out(p)]
     leaking = _leaking(candidates, PARAGRAPH_BREAK.join(train).encode())
-    return Split(train=train, heldout=tuple(p for i, p in enumerate(candidates) if i not in leaking))
+    heldout = [p for i, p in enumerate(candidates) if i not in leaking]
+    cut = _starting_before(heldout, VALIDATION_BYTES)
+    # Cut between paragraphs, so the validation text begins with the bytes the whole held-out text began with.
+    validation, rest = heldout[:cut], heldout[cut:]
+    # Compared with their white space collapsed: the topics repeat passages indented or wrapped otherwise.
+    seen = PARAGRAPH_BREAK.join(_collapsed(p) for p in (*validation, *train)).encode()
+    leaking = _leaking([_collapsed(p) for p in rest], seen)
+    return Split(train=train, heldout=tuple(validation),
+                 holdout=tuple(p for i, p in enumerate(rest) if i not in leaking))
+
+
+def _collapsed(paragraph: str) -> str:
+    return " ".join(paragraph.split())
+
+
+def _starting_before(paragraphs: list[str], offset: int) -> int:
+    """How many of the paragraphs, joined, start before the byte offset."""
+    start = 0
+    for count, paragraph in enumerate(paragraphs):
+        if start >= offset:
+            return count
+        start += len(paragraph.encode()) + len(PARAGRAPH_BREAK)
+    return len(paragraphs)

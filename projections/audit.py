@@ -20,6 +20,9 @@ Definitions:
 - domain audit: each trial's edit checked against the paths of the surface its specialist joined on
   and the task's frozen paths (the campaign spec's `surfaces` and `frozen`), with the trial's own
   surface compared to the declared one.
+- holdout (only with `arx audit --holdout`): the keeps measured again on held-out data, which runs task
+  code and so is not a function of the lineage; evaluators/holdout.py measures and defines it, this
+  module shows it.
 """
 
 from __future__ import annotations
@@ -369,7 +372,41 @@ def _campaign_text(name: str, a: dict) -> str:
         for stray in domain["strayed"]:
             problems = "; ".join(stray["problems"])
             lines.append(f"    {stray['trial']} {stray['specialist']} [{stray['surface']}]: {problems}")
+    if "holdout" in a:
+        lines += holdout_text(a["holdout"], a["direction"])
     return "\n".join(lines) + "\n"
+
+
+def holdout_text(h: dict, direction: str) -> list[str]:
+    """`arx audit --holdout`'s lines (evaluators/holdout.py measures them)."""
+    if "skipped" in h:
+        return [f"  held-out check: skipped, {h['skipped']}"]
+    how = (f"each keep rerun {plural(h['rounds'], 'time')}, interleaved on this host, its gates judged on holdout()"
+           if h["method"] == "remeasured" else "each keep's stored artifact re-scored on holdout()")
+    rho = "-" if h["spearman"] is None else format(h["spearman"], ".3f")
+    chain = h["chain"]
+    better = "lower" if direction == "min" else "higher"
+    lines = [
+        f"  held-out check ({how}, a split no keep decision used):",
+        f"    still improving on held-out data: {h['improving']} of {plural(h['keeps'], 'keep')};"
+        f" rank correlation of validation and held-out scores {rho} (Spearman over {plural(h['ranked'], 'trial')})",
+        f"    chain {chain['from'] or '-'} -> {chain['to'] or '-'}: validation {_num(chain['validation_delta'])}"
+        f" ({_pct(chain['validation_pct'])}), held-out {_num(chain['holdout_delta'])} ({_pct(chain['holdout_pct'])});"
+        f" {better} is better",
+        "    per keep (validation score, delta vs incumbent | held-out score, delta vs the same incumbent):",
+    ]
+    for step in h["steps"]:
+        verdict = {True: " improves", False: " does not improve", None: ""}[step["improves"]]
+        lines.append(
+            f"      {step['trial']} vs {step['incumbent'] or '-'}: {_num(step['validation'])}"
+            f" ({_num(step['validation_delta'])}) | {_num(step['holdout'])} ({_num(step['holdout_delta'])}){verdict}"
+        )
+        lines += [f"        failed on held-out data: {failure}" for failure in step["holdout_failed"]]
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}%"
 
 
 # -- cli ------------------------------------------------------------------------------------------
@@ -403,9 +440,14 @@ def cli_arguments(parser) -> None:
     parser.add_argument("--html", metavar="DIR", help="also write DIR/index.html with plots")
 
 
-def cli(args) -> int:
+def cli(args, holdout=None) -> int:
+    """holdout(lineage, report), when given, adds each campaign's held-out section before the report is
+    shown: evaluators.holdout, which handles `arx audit`, passes it for --holdout (measuring runs task code,
+    which projections may not import)."""
     lineage = open_lineage(args.db)
     report = audit(lineage, args.campaign)
+    if holdout is not None:
+        holdout(lineage, report)
     print(render_json(report) if args.json else render_text(report), end="")
     if args.html:
         from projections.report import write_html  # matplotlib only when a report is asked for

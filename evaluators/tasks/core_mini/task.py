@@ -11,7 +11,7 @@ candidate continuations under a prompt with few-shot examples:
 Choices are ranked by the mean log-probability of their continuation bytes, as in CORE. Each family's
 accuracy is centered on its random baseline, (acc - baseline) / (1 - baseline), and core_metric is their
 mean. Items are built deterministically from held-out paragraphs of pydoc_data that prepare() never
-writes into a trial's tree.
+writes into a trial's tree: heldout()'s from the validation part, holdout()'s from the second part.
 """
 
 from __future__ import annotations
@@ -154,8 +154,10 @@ def fits(item: Item) -> bool:
 
 
 @cache
-def items() -> tuple[Item, ...]:
-    heldout = split().heldout
+def items(paragraphs: tuple[str, ...] | None = None) -> tuple[Item, ...]:
+    """The items made from these held-out paragraphs; by default from the validation part, which trials are
+    scored on."""
+    heldout = split().heldout if paragraphs is None else paragraphs
     pool = sentences(heldout)
     cut = [(sentence, piece) for sentence in pool for piece in pieces(sentence)]  # each long word, once
     rng = random.Random(SEED)
@@ -174,8 +176,17 @@ def items() -> tuple[Item, ...]:
 def heldout() -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Inputs: every option's bytes and where its continuation starts. Targets: one row per option,
     (item, family, is the answer, length in bytes), kept by the evaluator."""
+    return encoded(items())
+
+
+def holdout() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The same for items made from the second held-out text, which no keep decision uses (`arx audit --holdout`)."""
+    return encoded(items(split().holdout))
+
+
+def encoded(chosen: tuple[Item, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     sequences, starts, rows = [], [], []
-    for index, item in enumerate(items()):
+    for index, item in enumerate(chosen):
         for option, (prompt, continuation) in enumerate(zip(item.prompts, item.continuations)):
             head, tail = prompt.encode(), continuation.encode()
             sequences.append(head + tail)

@@ -31,7 +31,16 @@ def prepare(run_dir: Path) -> None:
 
 def heldout() -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The held-out bytes: the model reads them (it is a language model) and the evaluator counts them."""
-    data = np.frombuffer(split().heldout_bytes()[:EVAL_BYTES], dtype=np.uint8).copy()
+    return _scored(split().heldout_bytes())
+
+
+def holdout() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The second held-out text, which no keep decision uses (`arx audit --holdout`), scored the same way."""
+    return _scored(split().holdout_bytes())
+
+
+def _scored(text: bytes) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    data = np.frombuffer(text[:EVAL_BYTES], dtype=np.uint8).copy()
     return {"bytes": data}, data
 
 
