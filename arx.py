@@ -24,10 +24,13 @@ COMMANDS = {
     "import": ("bus.eventfile", "cli_import", "publish an event file's events, skipping those already stored"),
     "import-tsv": ("projections.trajectories", "cli",
                    "turn a trajectory (a seed-release or autoresearch results.tsv, an AIDE journal.json) into a campaign's events"),
-    "audit": ("projections.audit", "cli", "audit campaigns from the lineage: labels, keep chain, repairs, domains"),
+    # projections.audit's handler, which evaluators.holdout wraps for --holdout (it runs task code).
+    "audit": ("evaluators.holdout", "cli_audit",
+              "audit campaigns from the lineage: labels, keep chain, repairs, domains; --holdout: keeps on new data"),
     "show": ("agents.show", "cli_show", "show one trial: hypothesis, label, score, gates, metrics, diffs, log tail"),
     "recipe": ("agents.show", "cli_recipe", "write one trial's whole tree into an empty folder, ready to run"),
     "history": ("executors.history", "cli", "the campaign's git repo as its history: outcomes as notes, keeps tagged"),
+    "ui": ("projections.ui", "cli", "serve lineage.db read-only in the browser (Datasette) with the campaign report"),
 }
 
 

@@ -1,4 +1,5 @@
-"""`arx audit --html DIR`: one self-contained page per lineage, plots embedded as base64 PNG.
+"""`arx audit --html DIR`: one self-contained page per lineage, plots embedded as base64 PNG. `arx ui`
+serves the same sections as live pages, each trial linked to its row (projections/ui_report.py).
 
 Per campaign: the score over trials with the best-so-far line and each trial coloured by its label,
 the labels per specialist over time, and the lineage tree (the keep chain and its children); then the
@@ -11,7 +12,9 @@ import base64
 import html
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -181,6 +184,38 @@ def tree_plot(campaign: dict, trials: list[Trial], chain: list[dict], palette: d
     return _png(figure)
 
 
+def holdout_plot(campaign: dict, holdout: dict) -> str:
+    """`arx audit --holdout`: each keep's delta vs its incumbent on validation (x) and held-out data (y).
+    On the diagonal a keep generalized exactly; on the wrong side of 0 in y it no longer improves."""
+    steps = [s for s in holdout["steps"] if s["validation_delta"] is not None and s["holdout_delta"] is not None]
+    figure = Figure(figsize=(7, 5))
+    ax = figure.subplots()
+    ax.axhline(0, color="#999999", lw=0.8)
+    ax.axvline(0, color="#999999", lw=0.8)
+    if steps:
+        xs, ys = [s["validation_delta"] for s in steps], [s["holdout_delta"] for s in steps]
+        low, high = min(xs + ys + [0.0]), max(xs + ys + [0.0])
+        ax.plot([low, high], [low, high], color=BEST_COLOUR, lw=0.8, ls="--", label="held-out = validation")
+        for improves, colour, label in ((True, LABEL_COLOURS["keep"], "still improves"),
+                                        (False, LABEL_COLOURS["crash"], "does not improve")):
+            mine = [s for s in steps if s["improves"] is improves]
+            ax.scatter([s["validation_delta"] for s in mine], [s["holdout_delta"] for s in mine], s=24, color=colour,
+                       label=f"{label} ({len(mine)})", zorder=3)
+        for s in steps:
+            ax.annotate(s["trial"], (s["validation_delta"], s["holdout_delta"]), fontsize=6, xytext=(3, 4),
+                        textcoords="offset points")
+        ax.legend(fontsize=7, loc="best")
+    better = "lower" if campaign["direction"] == "min" else "higher"
+    rho = "-" if holdout["spearman"] is None else format(holdout["spearman"], ".3f")
+    ax.set_xlabel(f"validation delta vs incumbent ({campaign['metric']}, {better} is better)")
+    ax.set_ylabel("held-out delta vs the same incumbent")
+    ax.set_title(f"keeps on held-out data: {holdout['improving']} of {holdout['keeps']} still improve;"
+                 f" Spearman {rho} over {holdout['ranked']} trials", fontsize=10)
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    return _png(figure)
+
+
 # -- page -----------------------------------------------------------------------------------------
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1150px}table{border-collapse:collapse;margin:.5em 0}
@@ -194,9 +229,20 @@ def _e(value) -> str:
     return html.escape(format(value, ".10g") if isinstance(value, float) else str(value))
 
 
+class Linked(NamedTuple):
+    text: str
+    href: str
+
+
+def _cell(value) -> str:
+    if isinstance(value, Linked):
+        return f'<a href="{html.escape(value.href)}">{_e(value.text)}</a>'
+    return _e(value)
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -204,7 +250,13 @@ def _img(data: str, alt: str) -> str:
     return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
 
-def campaign_section(name: str, a: dict, trials: list[Trial]) -> str:
+def campaign_section(name: str, a: dict, trials: list[Trial],
+                     trial_href: Callable[[str], str] | None = None) -> str:
+    """The campaign's plots and tables; with trial_href, each trial id links to trial_href(id)."""
+
+    def trial(trial_id: str | None):
+        return trial_id if trial_href is None or trial_id is None else Linked(trial_id, trial_href(trial_id))
+
     palette = colours([t.label for t in trials if t.label])
     campaign = {"metric": a["metric"], "direction": a["direction"]}
     labels = sorted(a["labels_with_baseline"])
@@ -215,9 +267,10 @@ def campaign_section(name: str, a: dict, trials: list[Trial]) -> str:
         f"<p>task {_e(a['task'])}, {_e(a['metric'])} ({_e(a['direction'])}), arm {_e(a['arm'])},"
         f" {'stopped' if a['stopped'] else 'running'}; {_e(plural(a['trials_with_baseline'], 'trial'))}"
         f" ({COUNTED}), {a['in_flight']} in flight</p>",
-        f"<p>baseline <b>{_e(a['baseline_score'])}</b> ({_e(a['baseline_trial'])})"
+        f"<p>baseline <b>{_e(a['baseline_score'])}</b> ({_cell(trial(a['baseline_trial']))})"
         f" &rarr; best <b>{_e(a['best_score'])}</b>"
-        f" ({_e(a['best_trial'])}), change <b>{_e(change_text(a['improvement_pct'], a['direction']))}</b></p>",
+        f" ({_cell(trial(a['best_trial']))}),"
+        f" change <b>{_e(change_text(a['improvement_pct'], a['direction']))}</b></p>",
         f"<p>incumbent gates: {_e(gates_text(a['best_gates']))}</p>",
         _img(score_plot(campaign, trials, palette), "score over trials"),
         _img(specialist_plot(trials, palette), "labels per specialist over time"),
@@ -229,33 +282,41 @@ def campaign_section(name: str, a: dict, trials: list[Trial]) -> str:
                + [["all", "", a["trials_with_baseline"], *(a["labels_with_baseline"][label] for label in labels)]]),
         "<h3>keep chain</h3>",
         _table(["trial", "specialist", "label", "score", "delta vs parent", "hypothesis"],
-               [[s["trial"], s["specialist"], s["label"], s["score"], s["delta"], s["hypothesis"]]
+               [[trial(s["trial"]), s["specialist"], s["label"], s["score"], s["delta"], s["hypothesis"]]
                 for s in a["keep_chain"]]),
         f"<h3>failure-to-repair chains: {repairs['repaired']} of {plural(repairs['failures'], 'failure')} repaired</h3>",
         _table(["failed", "label", "repair", "label", "via", "path"],
-               [[c["failed"], c["failed_label"], c["repair"], c["repair_label"], c["via"], " > ".join(c["path"])]
-                for c in repairs["chains"]]),
+               [[trial(c["failed"]), c["failed_label"], trial(c["repair"]), c["repair_label"], c["via"],
+                 " > ".join(c["path"])] for c in repairs["chains"]]),
         "<h3>domain audit</h3>",
         f"<p>{_e(domain['note'])}</p>" if domain["note"] else
         f"<p>{len(domain['strayed'])} of {plural(domain['checked'], 'edit')} strayed</p>"
         + _table(["trial", "specialist", "surface", "problems"],
-                 [[s["trial"], s["specialist"], s["surface"], "; ".join(s["problems"])] for s in domain["strayed"]]),
+                 [[trial(s["trial"]), s["specialist"], s["surface"], "; ".join(s["problems"])]
+                  for s in domain["strayed"]]),
     ]
+    if "holdout" in a:  # `arx audit --holdout --html`
+        skipped = a["holdout"].get("skipped")
+        parts += ["<h3>held-out check</h3>", f"<p>skipped: {_e(skipped)}</p>" if skipped else
+                  _img(holdout_plot(campaign, a["holdout"]), "keeps on held-out data")]
     return "\n".join(parts)
+
+
+def page(title: str, body: str, head: str = "") -> str:
+    """A whole HTML page: title, extra head elements, the report's style, body."""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"{head}<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def write_html(lineage: Lineage, report: dict, out_dir: Path) -> Path:
     """Write out_dir/index.html for the audited campaigns; returns its path."""
     sections = [campaign_section(name, a, load_trials(lineage, name)) for name, a in report["campaigns"].items()]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>arx audit</title>'
-        f"<style>{STYLE}</style></head><body>\n<h1>arx audit</h1>\n"
-        + ("\n".join(sections) or "<p>no campaigns in the lineage</p>")
-        + "\n</body></html>\n"
-    )
+    text = page("arx audit", "<h1>arx audit</h1>\n" + ("\n".join(sections) or "<p>no campaigns in the lineage</p>"))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
     partial = out_dir / "index.html.partial"
-    partial.write_text(page, encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
     return path

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Start arx on this machine and run a campaign:
 #   scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--measure-noise RUNS]
-#                 [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--wait | --detach]
+#                 [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--budget-usd D]
+#                 [--budget-device-hours KIND=H]... [--ui] [--ui-port P] [--wait | --detach]
 # Sets up .venv, starts nats-server (unless one answers at NATS_URL), the projector, the evaluators,
 # K executors and the default specialists (pids and logs under .arx/), starts a campaign and shows
 # its progress. --measure-noise times RUNS runs of the starting recipe first and records that noise
 # floor in the campaign instead of the task's prior. --plateau, --failure-storm and --deadline are the
-# campaign's stop rules (see `arx campaign start --help`). Run again, it reuses whatever is still running.
+# campaign's stop rules, --budget-usd and --budget-device-hours its budgets (`arx campaign start
+# --help`). --ui also serves lineage.db and the campaign report in the browser (`arx ui`, on
+# 127.0.0.1:8001 or --ui-port P) and prints its address. Run again, it reuses whatever is still running.
 #
 # On another host, join a campaign that runs elsewhere with one role's processes only:
 #   scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K] [--task NAME]
@@ -17,11 +20,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-task=digits-speedrun trials=30 executors=1 evaluators=1 mode=watch noise_runs= join= role=
-stop_rules=()  # passed on to `arx campaign start`
+task=digits-speedrun trials=30 executors=1 evaluators=1 mode=watch noise_runs= join= role= ui= ui_port=8001
+limits=()  # stop rules and budgets, passed on to `arx campaign start`
 usage() {
     echo "usage: scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--measure-noise RUNS]" >&2
-    echo "                     [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--wait | --detach]" >&2
+    echo "                     [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--budget-usd D]" >&2
+    echo "                     [--budget-device-hours KIND=H]... [--ui] [--ui-port P]" >&2
+    echo "                     [--wait | --detach]" >&2
     echo "       scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K] [--task NAME]" >&2
     echo "       scripts/up.sh -h | --help" >&2
     exit 2
@@ -35,7 +40,10 @@ while [ $# -gt 0 ]; do
         --join) join=${2:?--join needs the servers\' URL}; shift 2 ;;
         --role) role=${2:?--role needs a value}; shift 2 ;;
         --measure-noise) noise_runs=${2:?--measure-noise needs a value}; shift 2 ;;
-        --plateau|--failure-storm|--deadline) stop_rules+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+        --plateau|--failure-storm|--deadline|--budget-usd|--budget-device-hours)
+            limits+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+        --ui) ui=1; shift ;;
+        --ui-port) ui=1 ui_port=${2:?--ui-port needs a value}; shift 2 ;;
         --wait) mode=wait; shift ;;
         --detach) mode=detach; shift ;;
         -h|--help) usage ;;
@@ -49,8 +57,12 @@ if [ -n "$join" ]; then
 elif [ -n "$role" ]; then
     echo "up.sh: --role goes with --join URL" >&2; exit 2
 fi
+if [ -n "$ui" ] && [ -n "$join" ]; then
+    echo "up.sh: --ui serves the lineage.db of the host that runs the campaign's projector, not a --join host" >&2
+    exit 2
+fi
 
-scripts/setup.sh
+scripts/setup.sh ${ui:+--ui}
 export ARX_HOME=${ARX_HOME:-$PWD/.arx}
 mkdir -p "$ARX_HOME/pids" "$ARX_HOME/logs"
 arx=.venv/bin/arx
@@ -98,6 +110,27 @@ start_agents() {
     done < <($arx task "$task" --roster lineage)
 }
 
+# The UI reads the projector's file, so it starts once the projector has made it. Prints the address the
+# UI printed once it listened (or, one already running, the address it printed when it started).
+start_ui() {
+    local log=$ARX_HOME/logs/ui.log skip=0 said line=
+    for _ in $(seq 150); do [ -e "$ARX_HOME/lineage.db" ] && break; sleep 0.2; done
+    [ -f "$log" ] && skip=$(wc -l <"$log")
+    said=$(start ui $arx ui --port "$ui_port")
+    echo "$said"
+    [[ $said == reusing* ]] && skip=0
+    for _ in $(seq 150); do
+        line=$(tail -n "+$((skip + 1))" "$log" | grep "^arx ui: http" | tail -1 || true)
+        [ -n "$line" ] || ! kill -0 "$(cat "$ARX_HOME/pids/ui.pid")" 2>/dev/null && break
+        sleep 0.2
+    done
+    if [ -n "$line" ]; then
+        echo "ui: ${line#arx ui: }"
+    else
+        echo "up.sh: the UI did not start: $(tail -n 1 "$log")  (log: $log)" >&2
+    fi
+}
+
 case "$role" in
     executor) start_executors; exit 0 ;;
     evaluator) start_evaluators; exit 0 ;;
@@ -108,6 +141,7 @@ case "$role" in
 esac
 
 start projector $arx projector
+[ -z "$ui" ] || start_ui
 start_evaluators
 start_executors
 
@@ -116,7 +150,7 @@ if [ -n "$campaign" ]; then
     echo "reusing running campaign $campaign"
 else
     campaign=$($arx campaign start --task "$task" --trials "$trials" ${noise_runs:+--measure-noise "$noise_runs"} \
-        ${stop_rules[@]+"${stop_rules[@]}"})
+        ${limits[@]+"${limits[@]}"})
     echo "started campaign $campaign ($trials trials of $task)"
 fi
 start_agents "$campaign"
