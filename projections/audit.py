@@ -124,11 +124,26 @@ def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
             "per_specialist": {k: _asdict(v) for k, v in ledger.ledger_by(lineage, camp, "specialist").items()},
             "per_label": {k: _asdict(v) for k, v in ledger.ledger_by(lineage, camp, "label").items()},
             "keep_chain": keep_chain_costs(chain, trials, costs),
+            "best_by_cost": best_by_cost(trials, costs, camp.direction),
         },
     }
 
 
 _asdict = msgspec.structs.asdict
+
+
+def best_by_cost(trials: list[Trial], costs: dict[str, ledger.Ledger], direction: str) -> list[list]:
+    """After each outcome, in log order: the dollars and device-hours spent so far and the best kept score."""
+    better = min if direction == "min" else max
+    points, usd, hours, best = [], 0.0, 0.0, None
+    for trial in sorted((t for t in trials if t.outcome_seq is not None), key=lambda t: t.outcome_seq):
+        spent = costs[trial.trial_id]
+        usd += spent.total_usd
+        hours += sum(spent.device_s.values()) / ledger.HOUR_S
+        if trial.label == "keep" and trial.score is not None:
+            best = trial.score if best is None else better(best, trial.score)
+        points.append([round(usd, 6), round(hours, 6), best])
+    return points
 
 
 def keep_chain_costs(chain: list[dict], trials: list[Trial], costs: dict[str, ledger.Ledger]) -> list[dict]:

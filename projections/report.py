@@ -19,6 +19,7 @@ from typing import NamedTuple
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from projections import ledger
 from projections.audit import Trial, load_trials, plural
 from projections.views import COUNTED, change_text, gates_text
 from projections.lineage import Lineage
@@ -184,6 +185,22 @@ def tree_plot(campaign: dict, trials: list[Trial], chain: list[dict], palette: d
     return _png(figure)
 
 
+def cost_plot(campaign: dict, points: list[list]) -> str:
+    """The best kept score against what the campaign had spent: in dollars, or in device-hours while
+    nothing is priced (ARX_DEVICE_PRICES, ARX_LLM_PRICES)."""
+    priced = any(usd for usd, _, _ in points)
+    spent = [usd if priced else hours for usd, hours, _ in points]
+    figure = Figure(figsize=(11, 3.6))
+    ax = figure.subplots()
+    ax.step(spent, [best for _, _, best in points], where="post", color=BEST_COLOUR, lw=1.6)
+    ax.set_xlabel("spent so far, dollars" if priced else "spent so far, device-hours (CPU core-hours + GPU-hours)")
+    ax.set_ylabel(f"best {campaign['metric']}")
+    ax.set_title("best score against cumulative cost")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    return _png(figure)
+
+
 def holdout_plot(campaign: dict, holdout: dict) -> str:
     """`arx audit --holdout`: each keep's delta vs its incumbent on validation (x) and held-out data (y).
     On the diagonal a keep generalized exactly; on the wrong side of 0 in y it no longer improves."""
@@ -295,6 +312,10 @@ def campaign_section(name: str, a: dict, trials: list[Trial],
                  [[trial(s["trial"]), s["specialist"], s["surface"], "; ".join(s["problems"])]
                   for s in domain["strayed"]]),
     ]
+    spent = a["cost"]["best_by_cost"]
+    if any(usd or hours for usd, hours, _ in spent):  # an imported run records no cost
+        parts += [f"<h3>cost: {_e(ledger.text(a['cost']['total']))}</h3>",
+                  _img(cost_plot(campaign, spent), "best score against cumulative cost")]
     if "holdout" in a:  # `arx audit --holdout --html`
         skipped = a["holdout"].get("skipped")
         parts += ["<h3>held-out check</h3>", f"<p>skipped: {_e(skipped)}</p>" if skipped else

@@ -161,8 +161,9 @@ def test_a_trial_page_shows_its_diff_against_its_parent(ui):
 def test_the_report_page_shows_its_plots_and_follows_new_outcomes(ui):
     ui.page.goto(f"{ui.url}-/report")
     after = report_state(ui.page)
-    for state in (ui.before, after):
-        assert [plot["alt"] for plot in state["plots"]] == PLOTS
+    # The cost plot once something was spent: after the runs, not before.
+    for state, plots in ((ui.before, PLOTS), (after, [*PLOTS, "best score against cumulative cost"])):
+        assert [plot["alt"] for plot in state["plots"]] == plots
         assert all(plot["complete"] and plot["width"] > 0 and plot["height"] > 0 for plot in state["plots"])
     # Read before any trial ran, the same page then showed no outcome; now it shows every one.
     assert "running" in ui.before["summary"] and "stopped" in after["summary"]
