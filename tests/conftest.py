@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from openai_server import ScriptedServer
 
 from bus.local import LocalServer
 
@@ -62,3 +63,15 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here (mounting needs root): {mounted.stderr.strip()}")
     yield disk
     subprocess.run(["umount", "--lazy", str(disk)], check=True, timeout=30)
+
+
+@pytest.fixture
+def llm(arx_env, monkeypatch):
+    """A scripted OpenAI-compatible endpoint (tests/openai_server.py), with OPENAI_BASE_URL pointing at
+    it and short backoffs."""
+    with ScriptedServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("ARX_LLM_BACKOFF_S", "0.01")
+        monkeypatch.setenv("ARX_LLM_TIMEOUT_S", "5")
+        yield server

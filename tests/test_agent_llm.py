@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 from agent_helpers import executor_beside, folded, propose, score, start_campaign, stays_at, stop_campaign, wait_for_trials
-from openai_server import Reply, ScriptedServer, completion, error, raw
+from openai_server import Reply, completion, error, raw
 
 from agents.cli import build_specialist
 from agents.edits import apply_diff, read_knob, unified_diff
@@ -50,17 +50,6 @@ GOOD = edit()
 ON_T1 = edit(search="VALUE = 4.0", replace="VALUE = 3.0")  # an edit of other_trials' incumbent
 SYMLINK = "diff --git a/train.py b/train.py\nold mode 100644\nnew mode 120000\n"
 BINARY_PATCH = "diff --git a/train.py b/train.py\nindex 1..2 100644\nGIT binary patch\nliteral 1\nIcmZo$00002\n"
-
-
-@pytest.fixture
-def llm(arx_env, monkeypatch):
-    """The scripted endpoint, with OPENAI_BASE_URL pointing at it and short backoffs."""
-    with ScriptedServer() as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-        monkeypatch.setenv("ARX_LLM_BACKOFF_S", "0.01")
-        monkeypatch.setenv("ARX_LLM_TIMEOUT_S", "5")
-        yield server
 
 
 def agent(**kwargs) -> LLMSpecialist:

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from agent_helpers import folded, score, start_campaign, stop_campaign
 from cluster import ROOT, Cluster
-from openai_server import Reply, ScriptedServer, completion
+from openai_server import Reply, completion
 from projection_events import campaign_started, finished, proposed, scored
 
 from agents.llm import LLMSpecialist
@@ -137,16 +137,6 @@ def test_a_device_hours_budget_stops_a_real_campaign(arx_env, tmp_path):
     assert audit["cost"]["total"] == summary["ledger"]
 
 
-@pytest.fixture
-def llm(arx_env, monkeypatch):
-    with ScriptedServer() as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-        monkeypatch.setenv("ARX_LLM_BACKOFF_S", "0.01")
-        monkeypatch.setenv("ARX_LLM_PRICES", json.dumps({"m": [1.0, 1.0]}))
-        yield server
-
-
 GOOD = json.dumps({"hypothesis": "a lower VALUE", "expected_delta": -1.0, "diff": "",
                    "edits": [{"path": "train.py", "search": "VALUE = 5.0", "replace": "VALUE = 4.0"}]})
 
@@ -155,6 +145,7 @@ def test_a_dollar_budget_stops_an_llm_campaign(llm, arx_env, tmp_path, monkeypat
     """$0.0012 a proposal (1,200 tokens at $1 a million) against a $0.003 budget: a third would pass it.
     The second answer no longer applies (the first was kept), and is paid for all the same."""
     monkeypatch.setenv("ARX_LLM_REPAIR_ROUNDS", "0")  # one reply per proposal, so each costs the same
+    monkeypatch.setenv("ARX_LLM_PRICES", json.dumps({"m": [1.0, 1.0]}))
     llm.push(*[completion(GOOD, tokens=(1000, 200)) for _ in range(4)])
     cluster = Cluster({**arx_env, "ARX_LLM_PRICES": json.dumps({"m": [1.0, 1.0]})}, tmp_path / "logs")
     try:
@@ -182,6 +173,7 @@ def test_a_dollar_budget_stops_an_llm_campaign(llm, arx_env, tmp_path, monkeypat
 def test_llm_calls_that_led_to_no_proposal_are_in_the_ledger(llm, arx_env, monkeypatch):
     """Replies that are no chat completion but bill tokens: no trial, yet the campaign's ledger has them."""
     monkeypatch.setenv("ARX_LLM_ATTEMPTS", "2")
+    monkeypatch.setenv("ARX_LLM_PRICES", json.dumps({"m": [1.0, 1.0]}))
     body = json.dumps({"id": "x", "object": "chat.completion", "choices": [],
                        "usage": {"prompt_tokens": 700, "completion_tokens": 0, "total_tokens": 700}}).encode()
     llm.push(Reply(body=body), Reply(body=body))
