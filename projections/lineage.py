@@ -3,7 +3,8 @@
 A batch reads the rows its events name, folds the events into them in memory (fold.py), and writes
 each row back once: one executemany per table, whatever the batch's size. The last applied stream
 sequence is stored in the same transaction as the rows it produced, so a crash can make a batch be
-read again but never applied twice, and every fold rule is idempotent besides.
+read again but never applied twice, and every fold rule is idempotent besides. A rebuild from the
+first event (Rebuild, for `arx replay`) folds the log into rows held in memory instead, up to a bound.
 
 Files use SQLite's rollback journal, not WAL: `arx replay` swaps files under a running projector and
 its readers (see lineage_file.py), and a rollback journal exists only while a batch is written,
@@ -27,7 +28,7 @@ import sqlite_utils
 from bus.connection import StoredMessage
 from bus import subjects
 from bus.events import Event, Misfiled, NewerSchema, UnknownEvent, decode_stored
-from projections.fold import Rows, fold, named_rows
+from projections.fold import Rows, TrialKey, fold, named_rows
 
 # sqlite3 binds a None only after looking for an adapter for it, through two attribute lookups that
 # fail with formatted error messages: a tenth of a bulk write's time. With one registered, that ends
@@ -79,6 +80,10 @@ CREATE TABLE IF NOT EXISTS skipped_events (seq INTEGER PRIMARY KEY, subject TEXT
 """
 
 
+# Bytes of events a rebuild folds in memory before it writes them and goes on as the live fold does.
+IN_MEMORY_BYTES = 256 << 20
+
+
 class Lineage:
     """A lineage database (a file, or in memory for a process that keeps its own view).
 
@@ -99,6 +104,10 @@ class Lineage:
                 conn.execute("PRAGMA synchronous = OFF")
         self.db = sqlite_utils.Database(conn)
         if not readonly:
+            # Rows hold hypotheses, messages and log tails of a kilobyte or more: a page of 16 KiB (not
+            # the default 4) holds several, and a rebuild writes its file in three quarters of the time.
+            # A file made before keeps its pages: this sets only a new one's.
+            conn.execute("PRAGMA page_size = 16384")
             conn.executescript(SCHEMA)
             self._new_campaign, self._new_trial = (_new_row(conn, table) for table in ("campaigns", "trials"))
 
@@ -130,30 +139,23 @@ class Lineage:
             fresh = [msg for msg in batch if msg.seq > start]
             if not fresh:
                 return 0
-            events, skipped = [], []
-            for msg in fresh:
-                event = _event(msg)
-                if isinstance(event, Event):
-                    events.append((event, msg.seq))
-                else:
-                    skipped.append((msg.seq, msg.subject, *event))
+            events, skipped = _sorted(fresh)
             rows = self._rows_named_by(events)
             for event, seq in events:
                 fold(rows, event, seq)
-            self._write(rows)
-            self._set("seq", fresh[-1].seq)
-            if skipped:
-                self.db.conn.executemany("INSERT OR REPLACE INTO skipped_events VALUES (?, ?, ?, ?)", skipped)
+            self._write(rows, skipped, fresh[-1].seq)
         return len(events)
 
     def _rows_named_by(self, events: list[tuple[Event, int]]) -> Rows:
         """The campaign and trial rows these events may change, as the file has them."""
         campaigns, trials = named_rows(event for event, _ in events)
-        return Rows(
+        return self._rows(
             {row["campaign_id"]: row for row in self._select("campaigns", "campaign_id", {c: {c} for c in campaigns})},
             {(row["campaign_id"], row["trial_id"]): row for row in self._select("trials", "trial_id", trials)},
-            new_campaign=self._new_campaign, new_trial=self._new_trial,
         )
+
+    def _rows(self, campaigns: dict[str, dict], trials: dict[TrialKey, dict]) -> Rows:
+        return Rows(campaigns, trials, new_campaign=self._new_campaign, new_trial=self._new_trial)
 
     def _select(self, table: str, key: str, wanted: dict[str, set[str]]) -> Iterator[dict]:
         """Rows of `table` of each campaign in `wanted` whose `key` is one of the campaign's values."""
@@ -168,16 +170,22 @@ class Lineage:
                 names = [d[0] for d in cursor.description]
                 yield from (dict(zip(names, row)) for row in cursor)
 
-    def _write(self, rows: Rows) -> None:
+    def _write(self, rows: Rows, skipped: list[tuple], seq: int, *, upsert: bool = True) -> None:
+        """Write the folded rows and skipped messages, and `seq` as the checkpoint, in the caller's
+        transaction. upsert=False: the file has none of the campaign and trial rows yet (a rebuild), so
+        plain inserts do, without the conflict check an upsert makes (a fifth of a rebuild's write)."""
         conn = self.db.conn
         if rows.campaigns:
-            conn.executemany(*_upsert("campaigns", ("campaign_id",), rows.campaigns.values()))
+            conn.executemany(*_whole_rows("campaigns", ("campaign_id",), rows.campaigns, upsert))
         if rows.specialists:
             conn.executemany("INSERT INTO specialists VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING", rows.specialists)
         if rows.trials:
-            conn.executemany(*_upsert("trials", ("campaign_id", "trial_id"), rows.trials.values()))
+            conn.executemany(*_whole_rows("trials", ("campaign_id", "trial_id"), rows.trials, upsert))
         if rows.gates:
             conn.executemany("INSERT INTO gates VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows.gates)
+        if skipped:
+            conn.executemany("INSERT OR REPLACE INTO skipped_events VALUES (?, ?, ?, ?)", skipped)
+        self._set("seq", seq)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -205,30 +213,106 @@ class Lineage:
         self.db.close()
 
 
+class Rebuild:
+    """A lineage folded from its first event into an empty file (`arx replay`): events are folded by
+    Lineage.apply's rules into one set of rows held in memory, and each row is written once, one
+    executemany per table, in one transaction with the checkpoint. Rows take two to three times the
+    bytes of their events: past `in_memory` bytes of events, the rows are written and the rest of the
+    log is folded as the live projector folds it, a batch at a time, so that memory stays bounded.
+    The secondary indexes are made at the end, from every row at once."""
+
+    def __init__(self, lineage: Lineage, in_memory: int = IN_MEMORY_BYTES):
+        if lineage.checkpoint:
+            raise ValueError(f"{lineage.path} holds a fold already: a rebuild starts from an empty lineage")
+        self.lineage = lineage
+        self.rows = lineage._rows({}, {})
+        self.skipped: list[tuple] = []
+        self.applied = 0
+        self.last_seq = 0
+        self.in_memory = in_memory  # bytes of events still to fold in memory
+        self.written = False  # the rows folded in memory are in the file: fold as the live projector
+        self._indexes = drop_indexes(lineage.db.conn)
+
+    def add(self, batch: list[StoredMessage]) -> None:
+        """Fold a batch (read in log order); messages at or below the last one added are ignored."""
+        if self.written:
+            self.applied += self.lineage.apply(batch)
+            return
+        fresh = [msg for msg in batch if msg.seq > self.last_seq]
+        if not fresh:
+            return
+        events, skipped = _sorted(fresh)
+        for event, seq in events:
+            fold(self.rows, event, seq)
+        self.skipped += skipped
+        self.applied += len(events)
+        self.last_seq = fresh[-1].seq
+        self.in_memory -= sum(len(msg.data) for msg in fresh)
+        if self.in_memory <= 0:
+            with self.lineage._transaction():
+                self._write()
+
+    def finish(self) -> None:
+        """Write the rows still in memory and make the indexes (a log with no message leaves the file
+        as Lineage.apply leaves it)."""
+        with self.lineage._transaction():
+            self._write()
+            for sql in self._indexes:
+                self.lineage.db.conn.execute(sql)
+
+    def _write(self) -> None:
+        if self.last_seq and not self.written:
+            self.lineage._write(self.rows, self.skipped, self.last_seq, upsert=False)
+            self.rows, self.written = None, True
+
+
+def drop_indexes(conn: sqlite3.Connection) -> list[str]:
+    """Drop the secondary indexes before a bulk write; returns the statements that make them again after
+    it. An index made from every row at once (one sort) costs less than one kept in order row by row;
+    made again in this order, the indexes read the same in sqlite_master (and in a dump) as before."""
+    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL").fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    return [sql for _, sql in indexes]
+
+
 def _new_row(conn: sqlite3.Connection, table: str) -> dict:
     """A row of `table` as INSERT would make it with no values given: every column, in schema order."""
     return {name: _literal(default) for _, name, _, _, default, _ in conn.execute(f"PRAGMA table_info({table})")}
 
 
 @cache
-def _upsert_sql(table: str, key: tuple[str, ...], columns: tuple[str, ...]) -> str:
+def _rows_sql(table: str, key: tuple[str, ...], columns: tuple[str, ...], upsert: bool) -> str:
+    insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+    if not upsert:
+        return insert
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({','.join('?' * len(columns))})"
-        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
-    )
+    return f"{insert} ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
 
 
-def _upsert(table: str, key: tuple[str, ...], rows) -> tuple[str, list[tuple]]:
-    """Insert or rewrite whole rows, which all name their columns in one (the schema's) order. An
-    existing row keeps its rowid, so the table reads in the order its rows were first inserted."""
-    rows = list(rows)
-    return _upsert_sql(table, key, tuple(rows[0])), [tuple(row.values()) for row in rows]
+def _whole_rows(table: str, key: tuple[str, ...], rows: dict, upsert: bool) -> tuple[str, Iterator[tuple]]:
+    """Insert whole rows, which all name their columns in one (the schema's) order; with upsert, rewrite
+    those the table has. An existing row keeps its rowid, so the table reads in the order its rows were
+    first inserted. The values come as they are bound, not all copied first (a rebuild writes every row)."""
+    columns = tuple(next(iter(rows.values())))
+    return _rows_sql(table, key, columns, upsert), (tuple(row.values()) for row in rows.values())
 
 
 def _literal(default: str | None):
     """A column's default as PRAGMA table_info gives it (SQL text), as a Python value."""
     return None if default is None or default.upper() == "NULL" else ast.literal_eval(default)
+
+
+def _sorted(messages: list[StoredMessage]) -> tuple[list[tuple[Event, int]], list[tuple]]:
+    """The messages' events with their sequences, and the skipped_events rows of those the fold will not use."""
+    events, skipped = [], []
+    for msg in messages:
+        event = _event(msg)
+        if isinstance(event, Event):
+            events.append((event, msg.seq))
+        else:
+            skipped.append((msg.seq, msg.subject, *event))
+    return events, skipped
 
 
 def _event(msg: StoredMessage) -> Event | tuple[str, str]:

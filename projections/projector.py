@@ -25,7 +25,7 @@ from bus.eventfile import read_line_blocks
 from bus.logs import setup_logging
 from bus.settings import load_settings
 from projections.follow import BUS_ERRORS, RETRY_S, log_retry
-from projections.lineage import Lineage
+from projections.lineage import Lineage, Rebuild
 from projections.lineage_file import LineageFile, flushed_meanwhile
 
 log = logging.getLogger("arx.projector")
@@ -35,7 +35,7 @@ log = logging.getLogger("arx.projector")
 TRANSIENT_ERRORS = (*BUS_ERRORS, sqlite3.OperationalError)
 WATCH_S = 1.0
 CLOSE_TIMEOUT_S = 5.0
-REPLAY_BATCH = 2000  # events per transaction of a replay
+REPLAY_BATCH = 2000  # events a replay reads at a time (it writes them all at the end)
 CORRUPT = ("SQLITE_NOTADB", "SQLITE_CORRUPT")  # the file is no lineage database, or a damaged one
 
 
@@ -182,10 +182,12 @@ async def _fold_all(batches: AsyncIterable[list[StoredMessage]], built: Path) ->
     began = time.perf_counter()
     lineage = Lineage(built, durable=False)  # fsynced once, by swap_in
     try:
-        applied = 0
+        rebuild = Rebuild(lineage)
         async for batch in batches:
-            applied += lineage.apply(batch)
-        return Replayed(applied, sum(lineage.skipped().values()), lineage.checkpoint, time.perf_counter() - began)
+            rebuild.add(batch)
+        rebuild.finish()
+        return Replayed(rebuild.applied, sum(lineage.skipped().values()), lineage.checkpoint,
+                        time.perf_counter() - began)
     finally:
         lineage.close()
 
