@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS skipped_events (seq INTEGER PRIMARY KEY, subject TEXT
 """
 
 
+class OutdatedLineage(RuntimeError):
+    """A lineage file made by an older arx, whose tables lack columns this one folds into."""
+
+
 # Bytes of events a rebuild folds in memory before it writes them and goes on as the live fold does.
 IN_MEMORY_BYTES = 256 << 20
 
@@ -103,6 +107,10 @@ class Lineage:
             if not durable:
                 conn.execute("PRAGMA synchronous = OFF")
         self.db = sqlite_utils.Database(conn)
+        if self.path is not None and (missing := _missing_columns(conn)):
+            conn.close()
+            raise OutdatedLineage(f"{self.path} was made by an older arx (no {', '.join(missing)}):"
+                                  f" `arx replay --db {self.path}` rebuilds it from the log")
         if not readonly:
             # Rows hold hypotheses, messages and log tails of a kilobyte or more: a page of 16 KiB (not
             # the default 4) holds several, and a rebuild writes its file in three quarters of the time.
@@ -274,6 +282,27 @@ def drop_indexes(conn: sqlite3.Connection) -> list[str]:
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     return [sql for _, sql in indexes]
+
+
+@cache
+def _schema_columns() -> dict[str, tuple[str, ...]]:
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA)
+    tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {table: tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})")) for table in tables}
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[str]:
+    """The schema's columns that a file's existing tables lack (a file without the tables lacks none:
+    they are made; a file that is no database is left to fail where it is read)."""
+    missing = []
+    for table, columns in _schema_columns().items():
+        try:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        except sqlite3.DatabaseError:
+            return []
+        missing += [f"{table}.{column}" for column in columns if have and column not in have]
+    return missing
 
 
 def _new_row(conn: sqlite3.Connection, table: str) -> dict:

@@ -25,7 +25,7 @@ from bus.eventfile import read_line_blocks
 from bus.logs import setup_logging
 from bus.settings import load_settings
 from projections.follow import BUS_ERRORS, RETRY_S, log_retry
-from projections.lineage import Lineage, Rebuild
+from projections.lineage import Lineage, OutdatedLineage, Rebuild
 from projections.lineage_file import LineageFile, flushed_meanwhile
 
 log = logging.getLogger("arx.projector")
@@ -96,6 +96,12 @@ async def _follow_main(path: Path) -> None:
     with file.sole_writer():
         bus = await Bus.connect(role="reader", name="arx-projector")
         try:
+            try:
+                file.open()
+                file.close()
+            except OutdatedLineage as exc:  # an upgrade: the log has every fact, so the new schema is a replay away
+                log.warning("%s: rebuilding it", exc)
+                await replay(bus.read(batch=REPLAY_BATCH), path)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_until_signalled, tg.cancel_scope)
                 await project(bus, file)

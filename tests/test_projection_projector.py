@@ -13,7 +13,7 @@ from cluster import Cluster
 from projection_events import campaign_events, dump, publish_all
 
 from bus.connection import Bus
-from projections.lineage import Lineage
+from projections.lineage import SCHEMA, Lineage, OutdatedLineage
 
 C = "c1"
 WAIT_S = 60.0
@@ -23,7 +23,10 @@ def checkpoint(db) -> int:
     """The projector's checkpoint, or -1 while its file does not exist yet."""
     if not db.exists():
         return -1
-    lineage = Lineage(db, readonly=True)
+    try:
+        lineage = Lineage(db, readonly=True)
+    except OutdatedLineage:  # not rebuilt yet
+        return -1
     try:
         return lineage.checkpoint
     except sqlite3.OperationalError:  # schema not written yet
@@ -182,3 +185,27 @@ def test_a_corrupt_lineage_db_is_one_line_that_says_how_to_rebuild_it(arx_env, t
     assert done.stderr == (
         f"arx projector: {db} is corrupt (file is not a database): `arx replay` rebuilds it from the log\n"
     )
+
+
+def test_a_lineage_db_from_an_older_arx_is_named_and_the_projector_rebuilds_it(arx_env, tmp_path):
+    """After an upgrade that adds a column, readers say how to rebuild the file; the projector rebuilds it."""
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.executescript(SCHEMA.replace(" slot INTEGER,", ""))
+    old.close()
+    cluster = Cluster(arx_env, tmp_path / "logs")
+    status = cluster.arx("status", "--db", str(db))
+    assert status.returncode == 1 and status.stderr == (
+        f"arx status: {db} was made by an older arx (no trials.slot): `arx replay --db {db}` rebuilds it from"
+        " the log\n")
+    events = campaign_events(C, trials=6)
+
+    async def scenario() -> None:
+        async with await Bus.connect(role="admin") as bus:
+            await publish_all(bus, events)
+        cluster.start("projector", "projector", "--db", str(db))
+        await wait_for(cluster, lambda: checkpoint(db) == len(events), "the rebuild")
+
+    run_then_stop_the_projector(cluster, scenario)
+    assert "was made by an older arx (no trials.slot): `arx replay" in cluster.log("projector")
+    assert_equals_a_replay(cluster, db, tmp_path, len(events))
