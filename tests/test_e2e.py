@@ -55,7 +55,8 @@ def test_up_script_runs_a_campaign_and_down_stops_exactly_what_it_started(tmp_pa
 
         # The second time: the same processes, a second campaign on the same stream, which must finish too.
         again = subprocess.run(
-            [str(ROOT / "scripts/up.sh"), "--trials", "3", "--wait"],
+            [str(ROOT / "scripts/up.sh"), "--trials", "3", "--wait", "--budget-usd", "100",
+             "--budget-device-hours", "cpu=50"],
             env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
         )
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -68,6 +69,9 @@ def test_up_script_runs_a_campaign_and_down_stops_exactly_what_it_started(tmp_pa
         counted = sum(second["labels"].values()) - second["labels"].get("harness_abort", 0)
         assert second["stopped"] and counted == 3 and second["in_flight"] == 0, second
         assert second["baseline_score"] is not None and second["skipped_events"] == {}
+        # up.sh passed the budgets on; the ledger has the runs' CPU time, priced at the default $0.
+        assert [(b["budget"], b["limit"]) for b in second["budgets"]] == [("usd", 100.0), ("cpu_hours", 50.0)]
+        assert second["ledger"]["device_s"]["cpu"] > 0 and second["ledger"]["total_usd"] == 0.0
 
         down = subprocess.run([str(ROOT / "scripts/down.sh")], env=env, capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stderr

@@ -16,6 +16,7 @@ import pytest
 from openai_server import ScriptedServer, answer
 from test_readme_example import readme_block
 
+from agents.edits import read_knob
 from bus.connection import Bus
 from cluster import ROOT, Cluster
 
@@ -70,6 +71,17 @@ def test_audit_export_import_replay_and_import_tsv_as_the_readme_says(arx_env, t
     seeded = run_block("Importing a seed release: arx import-tsv", arx_env, tmp_path)
     assert "seed-demo: 4 rows (0 unparsed" in seeded.stdout
     assert "campaign seed-demo: task seed_release, val_bpb (min)" in seeded.stdout
+
+
+def test_show_recipe_and_history_as_the_readme_says(arx_env, tmp_path, tiny_campaign):
+    shown = run_block("One trial: `arx show`, `arx recipe`", arx_env, tmp_path)
+    best = tiny_campaign["best_trial"]
+    assert f"trial {best} (the incumbent) of campaign tiny-doc, task tiny" in shown.stdout
+    # The incumbent's whole tree: its train.py sets the value the campaign kept, the data beside it.
+    recipe = made_folder(tmp_path, set()) / "best"
+    assert read_knob((recipe / "train.py").read_text(), "VALUE") == pytest.approx(tiny_campaign["best_score"])
+    assert (recipe / "data").is_dir()
+    assert "log --notes incumbent" in shown.stdout  # what arx history says to run
 
 
 def test_the_llm_specialist_and_campaign_stop_as_the_readme_says(arx_env, tmp_path):
