@@ -24,6 +24,7 @@ from bus.events import (
     Event,
     LLMSpent,
     ReplicateFinished,
+    SlotClaimed,
     SpecialistJoined,
     TrialFinished,
     TrialProposed,
@@ -55,6 +56,7 @@ class Rows:
         # Insert-only: the first row of a key wins, including over one already in the file.
         self.specialists: list[tuple] = []
         self.gates: list[tuple] = []
+        self.claims: list[tuple] = []
 
 
 def fold(rows: Rows, event: Event, seq: int) -> None:
@@ -105,6 +107,10 @@ def _llm_spent(rows: Rows, event: LLMSpent, seq: int) -> None:
     if row is not None:
         row["unproposed_tokens"] += event.tokens_in + event.tokens_out
         row["unproposed_usd"] += event.cost_usd
+
+
+def _slot_claimed(rows: Rows, event: SlotClaimed, seq: int) -> None:
+    rows.claims.append((event.campaign_id, event.slot, event.trial_id, event.occurred_at))
 
 
 def _specialist_joined(rows: Rows, event: SpecialistJoined, seq: int) -> None:
@@ -185,4 +191,4 @@ _TRIAL_FOLDS = {
     ReplicateFinished: _replicate_finished,
     **{outcome: _trial_outcome for outcome in OUTCOME_TYPES},
 }
-_FOLDS = {**_CAMPAIGN_FOLDS, SpecialistJoined: _specialist_joined, **_TRIAL_FOLDS}
+_FOLDS = {**_CAMPAIGN_FOLDS, SpecialistJoined: _specialist_joined, SlotClaimed: _slot_claimed, **_TRIAL_FOLDS}

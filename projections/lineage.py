@@ -70,6 +70,11 @@ CREATE INDEX IF NOT EXISTS trials_by_specialist ON trials (campaign_id, speciali
 CREATE INDEX IF NOT EXISTS trials_by_label ON trials (campaign_id, label, score);
 -- What a campaign's LLM calls have cost so far (the cost cap): only trials that cost anything.
 CREATE INDEX IF NOT EXISTS trials_by_cost ON trials (campaign_id, cost_usd) WHERE cost_usd > 0;
+-- Trial slots the agents claimed (SlotClaimed): one claim per slot, the first one logged.
+CREATE TABLE IF NOT EXISTS slot_claims (
+    campaign_id TEXT, slot INTEGER, trial_id TEXT, claimed_at TEXT,
+    PRIMARY KEY (campaign_id, slot)
+);
 CREATE TABLE IF NOT EXISTS gates (
     campaign_id TEXT, trial_id TEXT, gate TEXT, passed INTEGER, measured REAL, "limit" REAL, detail TEXT,
     PRIMARY KEY (campaign_id, trial_id, gate)
@@ -191,6 +196,8 @@ class Lineage:
             conn.executemany(*_whole_rows("trials", ("campaign_id", "trial_id"), rows.trials, upsert))
         if rows.gates:
             conn.executemany("INSERT INTO gates VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows.gates)
+        if rows.claims:
+            conn.executemany("INSERT INTO slot_claims VALUES (?,?,?,?) ON CONFLICT DO NOTHING", rows.claims)
         if skipped:
             conn.executemany("INSERT OR REPLACE INTO skipped_events VALUES (?, ?, ?, ?)", skipped)
         self._set("seq", seq)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
+
 import msgspec
 
 from bus.events import Budgets, Prices, StopRules
 from projections.lineage import BUDGETED, Lineage, loads
+
+
+# How long a claimed slot may wait for its proposal before it counts as lost (views.slots).
+CLAIM_GRACE_S = 120.0
 
 
 class Incumbent(msgspec.Struct, frozen=True):
@@ -146,17 +153,38 @@ def counted_outcomes(lineage: Lineage, campaign_id: str) -> int:
     return n
 
 
-def slots(lineage: Lineage, camp: Campaign) -> range:
-    """The trial slots an agent may still claim (SlotClaimed), in order: up to max_trials in all, less
-    the budget that trials without a slot take (the baseline), plus one for each slotted trial the
-    harness abandoned (replaced, as it does not count)."""
-    last, abandoned, unslotted = lineage.db.execute(
-        "SELECT coalesce(max(slot), 0), count(*) FILTER (WHERE slot IS NOT NULL AND outcome = 'TrialAbandoned'),"
+def slots(lineage: Lineage, camp: Campaign, *, now: float | None = None) -> list[int]:
+    """The trial slots an agent may still claim (SlotClaimed), lowest first: up to max_trials in all,
+    less the budget that trials without a slot take (the baseline), plus one for each slotted trial the
+    harness abandoned and for each claim that no proposal followed within CLAIM_GRACE_S (its agent died
+    between the two): both are replaced, as neither counts."""
+    c = camp.campaign_id
+    claimed, last = lineage.db.execute(
+        "SELECT count(*), coalesce(max(slot), 0) FROM slot_claims WHERE campaign_id = ?", (c,)).fetchone()
+    abandoned, unslotted = lineage.db.execute(
+        "SELECT count(*) FILTER (WHERE slot IS NOT NULL AND outcome = 'TrialAbandoned'),"
         f" count(*) FILTER (WHERE slot IS NULL AND (outcome IS NULL OR {BUDGETED}))"
         " FROM trials WHERE campaign_id = ?",
-        (camp.campaign_id,),
+        (c,),
     ).fetchone()
-    return range(last + 1, camp.max_trials - unslotted + abandoned + 1)
+    limit = camp.max_trials - unslotted + abandoned
+    if last >= limit:  # the budget looks spent: are some of its slots held by claims never proposed?
+        limit += _orphaned_claims(lineage, c, time.time() if now is None else now)
+    free = list(range(last + 1, limit + 1))
+    if claimed < last:  # a slot below the highest claimed one is free (claims are not always in order)
+        taken = {slot for (slot,) in lineage.db.execute("SELECT slot FROM slot_claims WHERE campaign_id = ?", (c,))}
+        free = [slot for slot in range(1, min(last, limit) + 1) if slot not in taken] + free
+    return free
+
+
+def _orphaned_claims(lineage: Lineage, campaign_id: str, now: float) -> int:
+    cutoff = dt.datetime.fromtimestamp(now - CLAIM_GRACE_S, dt.timezone.utc)
+    (orphaned,) = lineage.db.execute(
+        "SELECT count(*) FROM slot_claims AS s WHERE s.campaign_id = ? AND s.claimed_at < ?"
+        " AND NOT EXISTS (SELECT 1 FROM trials AS t WHERE t.campaign_id = s.campaign_id AND t.trial_id = s.trial_id)",
+        (campaign_id, cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")),
+    ).fetchone()
+    return orphaned
 
 
 def in_flight(lineage: Lineage, campaign_id: str, specialist: str | None = None) -> int:

@@ -34,7 +34,8 @@ from agents.base import (
 from agents.edits import apply_diff, read_knob, set_knob, unified_diff
 from agents.trees import Trees
 from bus.connection import Bus
-from bus.events import MAX_DIFF_BYTES, MAX_HYPOTHESIS_BYTES, SlotClaimed, decode, oversize
+from bus.events import MAX_DIFF_BYTES, MAX_HYPOTHESIS_BYTES, SlotClaimed, TrialProposed, decode, oversize
+from projections import views
 
 pytestmark = pytest.mark.anyio
 
@@ -144,7 +145,7 @@ async def test_stops_proposing_when_the_budget_is_used(arx_env):
 async def test_specialists_that_share_a_budget_never_pass_it_together(arx_env):
     """Four specialists, each with room for five trials in flight, see the same free budget at once:
     trial slots, each held by one claim on its own subject, let only the budget's trials through. A
-    plain client that squats a slot takes that trial from the budget, never adds one."""
+    plain client that squats a slot holds that trial back (for CLAIM_GRACE_S), never adds one."""
     async with await Bus.connect(role="admin") as bus:
         await start_campaign(bus, "c1", max_trials=6)
         await score(bus, "c1", "baseline", 10.0)
@@ -162,12 +163,29 @@ async def test_specialists_that_share_a_budget_never_pass_it_together(arx_env):
                 for agent in agents:
                     tg.start_soon(agent.run)
                 while len(await proposed()) < 4:
-                    await anyio.sleep(0.05)
+                    await anyio.sleep(0.5)  # each look folds the log with a consumer of its own
                 for agent in agents:
                     assert await stays_at(bus, agent, "c1", len(await trials_of(bus, "c1", agent.specialist)))
                 await stop_campaign(bus, "c1")
         rows = await proposed()
     assert sorted(row["slot"] for row in rows) == [1, 3, 4, 5]
+
+
+async def test_a_slot_claimed_but_never_proposed_is_given_back_after_its_grace(arx_env):
+    """An agent that dies between its claim and its proposal would otherwise hold that trial of the
+    budget forever, and the campaign would never reach its count."""
+    async with await Bus.connect(role="admin") as bus:
+        await start_campaign(bus, "c1", max_trials=3)
+        await score(bus, "c1", "baseline", 10.0)
+        await bus.publish(SlotClaimed(campaign_id="c1", slot=1, trial_id="died-before-proposing", specialist="x"))
+        await bus.publish(SlotClaimed(campaign_id="c1", slot=2, trial_id="t2", specialist="stepper"))
+        await bus.publish(TrialProposed(campaign_id="c1", trial_id="t2", specialist="stepper", surface="optimizer",
+                                        parent_id="baseline", hypothesis="t2", diff="", slot=2))
+        lineage = await folded(bus)
+    camp = views.campaign(lineage, "c1")
+    assert views.slots(lineage, camp) == []  # the budget looks spent
+    later = time.time() + views.CLAIM_GRACE_S + 1
+    assert views.slots(lineage, camp, now=later) == [3]  # slot 1's trial is given back as slot 3
 
 
 async def test_proposes_against_the_incumbent_tree_rebuilt_from_the_chain(arx_env):
