@@ -34,6 +34,8 @@ REQUEST_TIMEOUT_S = 4.0  # one JetStream request; see FAILOVER_S
 # lost a node elects new leaders within seconds, longer on a loaded machine.
 FAILOVER_S = 45.0
 SUBJECT_TAKEN = 10077  # JetStream: the subject already holds its one message (max_msgs_per_subject=1)
+# JetStream on a cluster that is electing leaders after losing a node: "system temporarily unavailable".
+CLUSTER_UNAVAILABLE = 10008
 _REFUSED = re.compile(r'permissions violation for (?:publish|subscription) to "([^"]+)"', re.IGNORECASE)
 
 
@@ -234,8 +236,10 @@ class Bus:
             try:
                 return await call(*args, **kwargs)
             except (NatsTimeout, asyncio.TimeoutError, NoStreamResponseError, ServiceUnavailableError) as exc:
-                # "No responders" is an outage only on a cluster; a lone server that says it runs no JetStream.
-                unanswered = not isinstance(exc, ServiceUnavailableError) or (exc.err_code is None and self.on_cluster())
+                # "No responders" and "temporarily unavailable" are an outage only on a cluster; a lone server
+                # that says it runs no JetStream means it.
+                unanswered = not isinstance(exc, ServiceUnavailableError) or (
+                    exc.err_code in (None, CLUSTER_UNAVAILABLE) and self.on_cluster())
                 if not unanswered or loop.time() > deadline or self.refused:
                     raise
                 log.info("no answer from JetStream (%s): asking again", type(exc).__name__)
