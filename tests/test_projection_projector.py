@@ -191,7 +191,7 @@ def test_a_lineage_db_from_an_older_arx_is_named_and_the_projector_rebuilds_it(a
     """After an upgrade that adds a column, readers say how to rebuild the file; the projector rebuilds it."""
     db = tmp_path / "old.db"
     old = sqlite3.connect(db)
-    old.executescript(SCHEMA.replace(" slot INTEGER,", ""))
+    old.executescript(SCHEMA.replace("proposed_at TEXT, slot INTEGER,", "proposed_at TEXT,"))
     old.close()
     cluster = Cluster(arx_env, tmp_path / "logs")
     status = cluster.arx("status", "--db", str(db))
