@@ -77,7 +77,7 @@ async def _details(trees: Trees, camp: views.Campaign, row: dict) -> dict:
         # Both signed as improvement_pct: the score minus the other's.
         "scored_against": row["incumbent_id"],
         "delta_vs_incumbent": row["delta"],
-        "delta_vs_parent": _minus(row["score"], parent_score),
+        "delta_vs_parent": views.delta(row["score"], parent_score),
         "gates": views.gates(lineage, c, row["trial_id"]),
         "metrics": row["metrics"],
         "evidence": row["evidence_message"],
@@ -86,10 +86,6 @@ async def _details(trees: Trees, camp: views.Campaign, row: dict) -> dict:
         "diff_vs_baseline": whole,
         "log_tail": row["log_tail"] or "",
     }
-
-
-def _minus(score: float | None, other: float | None) -> float | None:
-    return None if score is None or other is None else round(score - other, 9)
 
 
 def _num(value: float | None) -> str:

@@ -56,11 +56,6 @@ def _ranks(values: list[float]) -> list[float]:
     return [ordered.index(v) + (ordered.count(v) - 1) / 2 for v in values]
 
 
-def _minus(score: float | None, other: float | None) -> float | None:
-    # Rounded as the audit's deltas are, so that a difference prints without its binary noise.
-    return None if score is None or other is None else round(score - other, 9)
-
-
 def keeps(lineage: Lineage, campaign_id: str) -> list[dict]:
     """The kept trials in the order they became the incumbent, each with the incumbent it was scored against."""
     trials = sorted((t for t in audit.load_trials(lineage, campaign_id) if t.label == "keep"),
@@ -137,14 +132,14 @@ def summarize(spec: TaskSpec, kept: list[dict], runs: dict[str, list[labels.Verd
         trial, incumbent = keep["trial"], keep["incumbent"]
         passed = [v.score for v in runs[trial] if v.label == labels.PASSED]
         held[trial] = statistics.median(passed) if passed else None
-        delta = _minus(held[trial], held.get(incumbent))
+        delta = views.delta(held[trial], held.get(incumbent))
         improves = None if incumbent is None else delta is not None and spec.better(held[trial], held[incumbent])
         steps.append({
             "trial": trial,
             "specialist": keep["specialist"],
             "incumbent": incumbent,
             "validation": keep["score"],
-            "validation_delta": _minus(keep["score"], validation.get(incumbent)),
+            "validation_delta": views.delta(keep["score"], validation.get(incumbent)),
             "holdout": held[trial],
             "holdout_delta": delta,
             "improves": improves,
@@ -161,8 +156,8 @@ def summarize(spec: TaskSpec, kept: list[dict], runs: dict[str, list[labels.Verd
         "chain": {
             "from": first,
             "to": best,
-            "validation_delta": _minus(validation.get(best), validation.get(first)),
-            "holdout_delta": _minus(held.get(best), held.get(first)),
+            "validation_delta": views.delta(validation.get(best), validation.get(first)),
+            "holdout_delta": views.delta(held.get(best), held.get(first)),
             "validation_pct": views.improvement_pct(validation.get(first), validation.get(best)),
             "holdout_pct": views.improvement_pct(held.get(first), held.get(best)),
         },

@@ -167,11 +167,6 @@ def _counts(values: Iterable[str]) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
 
 
-def _delta(score: float | None, before: float | None) -> float | None:
-    # Rounded so that 1.080423 - 1.081 prints as -0.000577, not as its binary neighbour.
-    return round(score - before, 9) if score is not None and before is not None else None
-
-
 def per_specialist(trials: list[Trial], declared: dict[str, str]) -> dict[str, dict]:
     grouped: dict[str, list[Trial]] = defaultdict(list)
     for trial in trials:
@@ -205,7 +200,7 @@ def keep_chain(by_id: dict[str, Trial], best_id: str) -> tuple[list[dict], str |
             "specialist": trial.specialist,
             "label": trial.label,
             "score": trial.score,
-            "delta": _delta(trial.score, before),
+            "delta": views.delta(trial.score, before),
             "hypothesis": trial.hypothesis,
         })
         before = trial.score

@@ -215,6 +215,12 @@ def confirmed(lineage: Lineage, campaign_id: str) -> int:
     return n
 
 
+def delta(score: float | None, before: float | None) -> float | None:
+    """score - before, None when either is; rounded so that 1.080423 - 1.081 prints as -0.000577, not as its
+    binary neighbour."""
+    return None if score is None or before is None else round(score - before, 9)
+
+
 def improvement_pct(baseline: float | None, best: float | None) -> float | None:
     """Signed change of the best over the baseline: negative when the score went down."""
     if baseline is None or best is None or baseline == 0:
