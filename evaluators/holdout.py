@@ -21,10 +21,8 @@ lineage projections may not import (the layers in pyproject.toml). Without --hol
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from bus import subjects
@@ -34,7 +32,7 @@ from bus.events import TrialFinished
 from bus.settings import load_settings
 from evaluators import labels
 from evaluators.remeasure import remeasure
-from evaluators.sandbox import SandboxPool
+from evaluators.sandbox import scratch
 from evaluators.scoring import evaluate_artifact
 from evaluators.spec import Task, TaskSpec, campaign_task
 from projections import audit, views
@@ -69,10 +67,8 @@ async def rescore(bus: Bus, task: Task, campaign_id: str, trial_ids: list[str], 
     """Each trial's stored artifact scored on `data` (inputs, targets) in the sandbox, judged with the run
     that made it."""
     inputs, targets = data
-    work = Path(tempfile.mkdtemp(prefix=f"holdout-{campaign_id}-", dir=home))
-    pool = SandboxPool(work)
     verdicts = {}
-    try:
+    async with scratch(home, f"holdout-{campaign_id}-") as (_, pool):
         for trial_id in trial_ids:
             finished = await bus.last_event(subjects.trial(campaign_id, trial_id, "finished.*"))
             if not isinstance(finished, TrialFinished) or finished.artifact is None:
@@ -81,9 +77,6 @@ async def rescore(bus: Bus, task: Task, campaign_id: str, trial_ids: list[str], 
             evaluation = await evaluate_artifact(pool, task, data, inputs, targets, name=trial_id)
             verdict = verdicts[trial_id] = labels.judge(finished, task.spec, evaluation)
             progress(f"{trial_id} on holdout(): {verdict.label}, {task.spec.score} {verdict.score}")
-    finally:
-        await pool.close()
-        shutil.rmtree(work, ignore_errors=True)
     return verdicts
 
 

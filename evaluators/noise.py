@@ -17,7 +17,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from bus.events import TrialFinished
 from bus.settings import load_settings
 from evaluators import labels
 from evaluators.official_log import score_log
-from evaluators.sandbox import SandboxPool
+from evaluators.sandbox import SandboxPool, scratch
 from evaluators.spec import Task, load_task, pack_folder
 from evaluators.unpack import unpack_artifact
 from evaluators.scoring import evaluate_artifact
@@ -111,9 +110,7 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None, devi
     heldout = None if spec.scored_from == "log" else await asyncio.to_thread(task.module().heldout)
     load_before = os.getloadavg()
     scores, failures = [], []
-    work = Path(tempfile.mkdtemp(prefix=f"noise-{task.name}-", dir=home))
-    pool = SandboxPool(work)
-    try:
+    async with scratch(home, f"noise-{task.name}-") as (work, pool):
         for run in range(runs):
             run_dir = work / f"run-{run}"
             run_dir.mkdir()
@@ -128,9 +125,6 @@ async def measure_noise(task: Task, runs: int, *, home: Path | None = None, devi
             if progress is not None:
                 progress(line)
             await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-    finally:
-        await pool.close()
-        shutil.rmtree(work, ignore_errors=True)
     return NoiseReport(task=task.name, score=spec.score, prior=spec.noise, scores=scores, failures=failures,
                        cpus=len(os.sched_getaffinity(0)), load_before=load_before, load_after=os.getloadavg())
 

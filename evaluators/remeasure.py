@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from bus.connection import Bus
 from bus.events import CampaignStarted, TrialProposed
 from evaluators import labels
 from evaluators.noise import judged_run
-from evaluators.sandbox import SandboxPool
+from evaluators.sandbox import scratch
 from evaluators.spec import Task
 from executors.trees import CampaignRepo, materialize
 
@@ -39,10 +38,8 @@ async def remeasure(bus: Bus, task: Task, campaign_id: str, trial_ids: list[str]
     judges it, its artifact scored on `data` (inputs, targets); the reruns in the order they ran."""
     repo = CampaignRepo.for_campaign(home, campaign_id)
     commits = {trial_id: await _commit(bus, repo, campaign_id, trial_id) for trial_id in trial_ids}
-    work = Path(tempfile.mkdtemp(prefix=f"remeasure-{campaign_id}-", dir=home))
-    pool = SandboxPool(work)
     reruns = []
-    try:
+    async with scratch(home, f"remeasure-{campaign_id}-") as (work, pool):
         for index in range(rounds):
             for trial_id in trial_ids if index % 2 == 0 else trial_ids[::-1]:
                 run_dir = work / f"{trial_id}-{index}"
@@ -51,9 +48,6 @@ async def remeasure(bus: Bus, task: Task, campaign_id: str, trial_ids: list[str]
                 reruns.append(Rerun(trial_id, index, verdict))
                 progress(f"{trial_id}, round {index}: {verdict.label}, {task.spec.score} {verdict.score}")
                 await asyncio.to_thread(shutil.rmtree, run_dir, ignore_errors=True)
-    finally:
-        await pool.close()
-        shutil.rmtree(work, ignore_errors=True)
     return reruns
 
 

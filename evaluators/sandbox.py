@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,3 +251,16 @@ def _tail(worker: _Worker) -> str:
         return (worker.io_dir / "stderr.log").read_bytes()[-STDERR_TAIL:].decode(errors="replace")
     except OSError:
         return ""
+
+
+@contextlib.asynccontextmanager
+async def scratch(home: Path, prefix: str) -> AsyncIterator[tuple[Path, SandboxPool]]:
+    """A work folder under home and a sandbox pool in it, for runs scored outside the evaluator (`arx
+    noise`, `arx audit --holdout`); both are gone on the way out."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=home))
+    pool = SandboxPool(work)
+    try:
+        yield work, pool
+    finally:
+        await pool.close()
+        shutil.rmtree(work, ignore_errors=True)
