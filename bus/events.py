@@ -119,6 +119,10 @@ class StopRules(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     deadline_s: float | None = None  # this long after the campaign started
 
 
+# The device kinds a ledger counts, budgets limit and prices name: CPU core-seconds, GPU-seconds.
+DEVICE_KINDS = ("cpu", "cuda")
+
+
 class Budgets(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What a campaign may spend beyond its trial count (projections/ledger.py adds it up); None: no limit."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from bus.events import DEVICE_KINDS
 from bus.roles import seed_path
 
 
@@ -100,6 +101,14 @@ def _between(value: int, low: int, high: int) -> int:
     return value
 
 
+def _device_prices(raw: str) -> dict[str, float]:
+    """A price per device kind: a misspelt kind would otherwise cost nothing without a word."""
+    prices = msgspec.json.decode(raw, type=dict[str, float])
+    if unknown := sorted(set(prices) - set(DEVICE_KINDS)):
+        raise ValueError(f"unknown device kind {', '.join(unknown)} (the kinds: {', '.join(DEVICE_KINDS)})")
+    return prices
+
+
 _ENV = {
     "nats_url": ("NATS_URL", str),
     "home": ("ARX_HOME", Path),
@@ -116,7 +125,7 @@ _ENV = {
     "log_tail_chars": ("ARX_LOG_TAIL_CHARS", int),
     "llm_prices": ("ARX_LLM_PRICES", lambda raw: msgspec.json.decode(raw, type=dict[str, tuple[float, float]])),
     "cost_cap_usd": ("ARX_COST_CAP_USD", float),
-    "device_prices": ("ARX_DEVICE_PRICES", lambda raw: msgspec.json.decode(raw, type=dict[str, float])),
+    "device_prices": ("ARX_DEVICE_PRICES", _device_prices),
     "llm_timeout_s": ("ARX_LLM_TIMEOUT_S", float),
     "llm_max_retries": ("ARX_LLM_MAX_RETRIES", int),
     "llm_attempts": ("ARX_LLM_ATTEMPTS", int),

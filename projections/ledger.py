@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import msgspec
 
-from bus.events import Budgets, Prices
+from bus.events import DEVICE_KINDS, Budgets, Prices
 from projections.lineage import Lineage
 from projections.views import Campaign, in_flight
 
 HOUR_S = 3600.0
-DEVICE_KINDS = ("cpu", "cuda")
 
 # One trial's ledger as columns of `trials`; the CPU side counts the evaluators' scoring too.
 _COLUMNS = ("sum(device_cpu_s + eval_s)", "sum(device_cuda_s)", "sum(tokens_in + tokens_out)", "sum(cost_usd)")

@@ -86,6 +86,12 @@ def test_a_sync_interval_nats_server_would_not_take(arx_env, tmp_path):
     one_line_error(arx(env, "server"), "ARX_SYNC_INTERVAL='bogus'", "duration")
 
 
+def test_a_device_price_for_a_kind_arx_does_not_count(arx_env):
+    """A misspelt kind would otherwise price the campaign's GPU time at $0 without a word."""
+    env = {**arx_env, "ARX_DEVICE_PRICES": '{"gpu": 2.5}'}
+    one_line_error(arx(env, "campaign", "start", "--task", "tiny"), "ARX_DEVICE_PRICES", "unknown device kind gpu")
+
+
 def _config(tmp_path, text: str):
     path = tmp_path / "plain.conf"
     path.write_text(text)
