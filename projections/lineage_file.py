@@ -16,22 +16,37 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from bus.connection import StoredMessage
 from projections.lineage import Lineage
 
+T = TypeVar("T")
+
 REPLAY_INFIX = ".replay-"
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def identity(path: Path) -> tuple[int, int] | None:
+    """Which file is at the path now (None: none); a swap by replay changes it."""
     try:
         stat = os.stat(path)
     except FileNotFoundError:
         return None
     return stat.st_dev, stat.st_ino
+
+
+def open_current(path: Path, open_: Callable[[], T], close: Callable[[T], None]) -> tuple[tuple[int, int] | None, T]:
+    """open_() on the file now at the path, and that file's identity: the same file at the path before
+    and after opening is the file that was opened; a swap in between opens the new one."""
+    while True:
+        before = identity(path)
+        opened = open_()
+        if identity(path) == before:
+            return before, opened
+        close(opened)
 
 
 def fsync_path(path: Path) -> None:
@@ -85,15 +100,8 @@ class LineageFile:
     def open(self) -> Lineage:
         """Open the file now at the path (creating it if missing); close() before opening again."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            # The same file at the path before and after opening is the file that was opened.
-            before = _identity(self.path)
-            lineage = Lineage(self.path)
-            self._opened = _identity(self.path)
-            if self._opened == before:
-                self.lineage = lineage
-                return lineage
-            lineage.close()
+        self._opened, self.lineage = open_current(self.path, lambda: Lineage(self.path), Lineage.close)
+        return self.lineage
 
     def close(self) -> None:
         if self.lineage is not None:
@@ -102,7 +110,7 @@ class LineageFile:
 
     def replaced(self) -> bool:
         """True once the path names another file (swapped by replay) or none (deleted)."""
-        return _identity(self.path) != self._opened
+        return identity(self.path) != self._opened
 
     def apply(self, batch: list[StoredMessage]) -> int | None:
         """Fold a batch into the open file; None when it was replaced (reopen, read again from there)."""

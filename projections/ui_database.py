@@ -19,7 +19,7 @@ from pathlib import Path
 
 from datasette.database import Database
 
-from projections.lineage_file import _identity
+from projections.lineage_file import identity, open_current
 
 
 class LiveLineage(Database):
@@ -37,18 +37,12 @@ class LiveLineage(Database):
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection to the file now at the path (only this thread uses it, so it may
         close one left on a replaced file)."""
+        path = Path(self.path)
         opened = getattr(self._opened, "file", None)
         if opened is not None:
-            if opened[0] == _identity(Path(self.path)):
+            if opened[0] == identity(path):
                 return opened[1]
             opened[1].close()
-        while True:
-            # The same file at the path before and after opening is the file that was opened.
-            before = _identity(Path(self.path))
-            conn = self.connect()
-            if _identity(Path(self.path)) == before:
-                break
-            conn.close()
-        self.ds._prepare_connection(conn, self.name)
-        self._opened.file = (before, conn)
-        return conn
+        self._opened.file = opened = open_current(path, self.connect, sqlite3.Connection.close)
+        self.ds._prepare_connection(opened[1], self.name)
+        return opened[1]
