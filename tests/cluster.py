@@ -31,10 +31,13 @@ class Cluster(Roles):
         raise TimeoutError(f"campaign {campaign} did not stop within {timeout:.0f}s: {summary}")
 
     def run_tiny_campaign(self, campaign: str, trials: int = 4, timeout: float = 180) -> dict:
-        """A campaign of the tiny test task run to its stop by a real evaluator, executor and TPE agent
-        (left running: stop_all ends them); its summary."""
-        self.start("evaluator", "evaluator", "--name", "evaluator-1")
-        self.start("executor", "executor", "--name", "executor-1")
-        self.command("campaign", "start", "--task", "tiny", "--trials", str(trials), "--campaign", campaign)
-        self.start("agent", "agent", "--specialist", "tpe-main", "--surface", "main", "--campaign", campaign)
-        return self.wait_stopped(campaign, timeout)
+        """A campaign of the tiny test task run to its stop by a real evaluator, executor and TPE agent,
+        which are stopped before it returns; its summary."""
+        try:
+            self.start("evaluator", "evaluator", "--name", "evaluator-1")
+            self.start("executor", "executor", "--name", "executor-1")
+            self.command("campaign", "start", "--task", "tiny", "--trials", str(trials), "--campaign", campaign)
+            self.start("agent", "agent", "--specialist", "tpe-main", "--surface", "main", "--campaign", campaign)
+            return self.wait_stopped(campaign, timeout)
+        finally:
+            self.stop_all()

@@ -32,10 +32,7 @@ async def rescored(settings, trial: str, folder: Path) -> float:
 
 def test_a_campaign_exported_with_its_objects_rebuilds_and_rescores_on_a_fresh_server(arx_env, tmp_path):
     source = Cluster(arx_env, tmp_path / "logs")
-    try:
-        summary = source.run_tiny_campaign(CAMPAIGN)
-    finally:
-        source.stop_all()
+    summary = source.run_tiny_campaign(CAMPAIGN)
     exported = tmp_path / "travels.jsonl"
     out = source.command("export", "--campaign", CAMPAIGN, "--objects", str(exported))
     manifest = (tmp_path / "travels.jsonl.objects" / "manifest.jsonl").read_text().splitlines()
@@ -66,10 +63,7 @@ def test_a_campaign_exported_with_its_objects_rebuilds_and_rescores_on_a_fresh_s
 
 def test_an_object_whose_bytes_are_not_its_hash_is_refused_and_nothing_is_imported(arx_env, tmp_path):
     source = Cluster(arx_env, tmp_path / "logs")
-    try:
-        source.run_tiny_campaign(CAMPAIGN)
-    finally:
-        source.stop_all()
+    source.run_tiny_campaign(CAMPAIGN)
     exported = tmp_path / "travels.jsonl"
     source.command("export", "--campaign", CAMPAIGN, "--objects", str(exported))
     folder = tmp_path / "travels.jsonl.objects"

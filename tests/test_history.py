@@ -17,10 +17,7 @@ def git(repo: Path, *args: str) -> str:
 
 def test_history_annotates_every_trial_tags_the_keeps_and_points_incumbent_at_the_best(arx_env, tmp_path):
     cluster = Cluster(arx_env, tmp_path / "logs")
-    try:
-        summary = cluster.run_tiny_campaign(CAMPAIGN)
-    finally:
-        cluster.stop_all()
+    summary = cluster.run_tiny_campaign(CAMPAIGN)
     first = cluster.command("history", "--campaign", CAMPAIGN)
     repo = Path(arx_env["ARX_HOME"]) / "repos" / CAMPAIGN
     assert first.startswith(f"{repo}: 4 trials, ") and "keeps tagged keep/<trial>" in first

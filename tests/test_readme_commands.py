@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import time
 
+import arx
 import pytest
 from openai_server import ScriptedServer, answer
 from test_readme_example import readme_block
@@ -40,11 +41,7 @@ def made_folder(tmp_path, before: set) -> os.PathLike:
 @pytest.fixture
 def tiny_campaign(arx_env, tmp_path):
     """A finished 4-trial campaign of the tiny task, run by a real evaluator, executor and agent."""
-    cluster = Cluster(arx_env, tmp_path / "logs")
-    try:
-        summary = cluster.run_tiny_campaign("tiny-doc")
-    finally:
-        cluster.stop_all()
+    summary = Cluster(arx_env, tmp_path / "logs").run_tiny_campaign("tiny-doc")
     assert summary["trials_scored"] == 4, summary
     return summary
 
@@ -152,8 +149,6 @@ def readme_arx_commands() -> list[list[str]]:
 @pytest.mark.parametrize("argv", readme_arx_commands(), ids=" ".join)
 def test_every_arx_command_in_the_readme_parses_with_its_flags(argv):
     """A command or flag the README shows but `arx` no longer takes fails here, each line on its own."""
-    import arx
-
     assert arx.build_parser(argv[0]).parse_args(argv).command == argv[0]
 
 

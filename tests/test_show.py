@@ -22,10 +22,7 @@ CAMPAIGN = "tiny-show"
 def campaign(arx_env, tmp_path):
     """A stopped four-trial campaign: the baseline and three TPE trials on the VALUE knob."""
     cluster = Cluster(arx_env, tmp_path / "logs")
-    try:
-        yield cluster, cluster.run_tiny_campaign(CAMPAIGN)
-    finally:
-        cluster.stop_all()
+    return cluster, cluster.run_tiny_campaign(CAMPAIGN)
 
 
 def show(cluster: Cluster, *args: str) -> dict:
