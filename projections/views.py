@@ -157,10 +157,9 @@ def slots(lineage: Lineage, camp: Campaign, *, now: float | None = None) -> list
     """The trial slots an agent may still claim (SlotClaimed), lowest first: up to max_trials in all,
     less the budget that trials without a slot take (the baseline), plus one for each slotted trial the
     harness abandoned and for each claim that no proposal followed within CLAIM_GRACE_S (its agent died
-    between the two): both are replaced, as neither counts."""
+    between the two): both are replaced, as neither counts. A claim outside the slots (a client's
+    slot 10**12) takes nothing."""
     c = camp.campaign_id
-    claimed, last = lineage.db.execute(
-        "SELECT count(*), coalesce(max(slot), 0) FROM slot_claims WHERE campaign_id = ?", (c,)).fetchone()
     abandoned, unslotted = lineage.db.execute(
         "SELECT count(*) FILTER (WHERE slot IS NOT NULL AND outcome = 'TrialAbandoned'),"
         f" count(*) FILTER (WHERE slot IS NULL AND (outcome IS NULL OR {BUDGETED}))"
@@ -168,21 +167,33 @@ def slots(lineage: Lineage, camp: Campaign, *, now: float | None = None) -> list
         (c,),
     ).fetchone()
     limit = camp.max_trials - unslotted + abandoned
-    if last >= limit:  # the budget looks spent: are some of its slots held by claims never proposed?
-        limit += _orphaned_claims(lineage, c, time.time() if now is None else now)
+    claimed, last = _claims(lineage, c, limit)
+    if claimed >= limit:  # the budget looks spent: are some of its slots held by claims never proposed?
+        limit += _orphaned_claims(lineage, c, limit, time.time() if now is None else now)
+        claimed, last = _claims(lineage, c, limit)
     free = list(range(last + 1, limit + 1))
     if claimed < last:  # a slot below the highest claimed one is free (claims are not always in order)
-        taken = {slot for (slot,) in lineage.db.execute("SELECT slot FROM slot_claims WHERE campaign_id = ?", (c,))}
-        free = [slot for slot in range(1, min(last, limit) + 1) if slot not in taken] + free
+        taken = {slot for (slot,) in lineage.db.execute(
+            "SELECT slot FROM slot_claims WHERE campaign_id = ? AND slot BETWEEN 1 AND ?", (c, last))}
+        free = [slot for slot in range(1, last + 1) if slot not in taken] + free
     return free
 
 
-def _orphaned_claims(lineage: Lineage, campaign_id: str, now: float) -> int:
+def _claims(lineage: Lineage, campaign_id: str, limit: int) -> tuple[int, int]:
+    """How many of the slots 1..limit are claimed, and the highest claimed."""
+    return lineage.db.execute(
+        "SELECT count(*), coalesce(max(slot), 0) FROM slot_claims WHERE campaign_id = ? AND slot BETWEEN 1 AND ?",
+        (campaign_id, limit),
+    ).fetchone()
+
+
+def _orphaned_claims(lineage: Lineage, campaign_id: str, limit: int, now: float) -> int:
     cutoff = dt.datetime.fromtimestamp(now - CLAIM_GRACE_S, dt.timezone.utc)
     (orphaned,) = lineage.db.execute(
-        "SELECT count(*) FROM slot_claims AS s WHERE s.campaign_id = ? AND s.claimed_at < ?"
+        "SELECT count(*) FROM slot_claims AS s WHERE s.campaign_id = ? AND s.slot BETWEEN 1 AND ?"
+        " AND s.claimed_at < ?"
         " AND NOT EXISTS (SELECT 1 FROM trials AS t WHERE t.campaign_id = s.campaign_id AND t.trial_id = s.trial_id)",
-        (campaign_id, cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")),
+        (campaign_id, limit, cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")),
     ).fetchone()
     return orphaned
 

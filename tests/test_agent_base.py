@@ -178,6 +178,8 @@ async def test_a_slot_claimed_but_never_proposed_is_given_back_after_its_grace(a
         await start_campaign(bus, "c1", max_trials=3)
         await score(bus, "c1", "baseline", 10.0)
         await bus.publish(SlotClaimed(campaign_id="c1", slot=1, trial_id="died-before-proposing", specialist="x"))
+        for outside in (0, -3, 10**12):  # claims no slot holds: they take nothing, and hide no free slot
+            await bus.publish(SlotClaimed(campaign_id="c1", slot=outside, trial_id="ghost", specialist="x"))
         await bus.publish(SlotClaimed(campaign_id="c1", slot=2, trial_id="t2", specialist="stepper"))
         await bus.publish(TrialProposed(campaign_id="c1", trial_id="t2", specialist="stepper", surface="optimizer",
                                         parent_id="baseline", hypothesis="t2", diff="", slot=2))
