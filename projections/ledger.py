@@ -101,7 +101,7 @@ class Spend(msgspec.Struct, frozen=True):
 def spends(lineage: Lineage, camp: Campaign) -> list[Spend]:
     """One Spend per budget the campaign declared, in the budget's own unit (dollars or device-hours)."""
     budgets = camp.budgets
-    if budgets.usd is None and not budgets.device_hours:
+    if not _declared(budgets):
         return []
     total = campaign_ledger(lineage, camp)
     (finished,) = lineage.db.execute(
@@ -124,14 +124,23 @@ def _says(spend: Spend) -> str:
             f" a trial costs about {unit}{spend.per_trial:.2g}{hours}")
 
 
+def _declared(budgets: Budgets) -> bool:
+    return budgets.usd is not None or bool(budgets.device_hours)
+
+
 def no_room(lineage: Lineage, camp: Campaign) -> str | None:
-    """Why no new trial may start: a budget spent, or one that the trials in flight and one more would exceed."""
+    """Why no new trial may start: a budget spent, or one that the trials in flight and one more would exceed.
+    Asked before every proposal: a campaign without budgets costs no query."""
+    if not _declared(camp.budgets):
+        return None
     return _over(lineage, camp, pending=in_flight(lineage, camp.campaign_id) + 1)
 
 
 def budget_spent(lineage: Lineage, camp: Campaign) -> str | None:
     """Why the campaign must stop: a budget spent, or, once no trial is in flight, one without room for
     another trial (agents start none then, so waiting would wait forever)."""
+    if not _declared(camp.budgets):
+        return None
     return _over(lineage, camp, pending=0 if in_flight(lineage, camp.campaign_id) else 1)
 
 
