@@ -24,6 +24,10 @@ _FRAME = re.compile(r'^\s*File "(?P<path>[^"]+)", line (?P<line>\d+)(?:, in (?P<
 _LIBRARY = re.compile(r"/(?:site|dist)-packages/|/lib/python\d+\.\d+/")
 _MEMORY = re.compile(r"MemoryError|Cannot allocate memory|can't allocate memory|std::bad_alloc|out of memory")
 _FILE_SIZE = re.compile(r"File too large")
+# torchrun prefixes a worker's lines once it has a process group, and reports the worker's failure in a
+# traceback of its own after the worker's: the recipe's traceback is the last one not the launcher's.
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:[ ]?")
+_LAUNCHER_FAILURE = "ChildFailedError"
 # A SIGKILL, SIGSEGV or SIGABRT with the peak resident size this close to the limit is the limit's doing.
 NEAR_LIMIT = 0.9
 _MEMORY_SIGNALS = {signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT}
@@ -68,18 +72,12 @@ def parse_traceback(text: str, root: str | None = None) -> Traceback:
     The recipe's code is what lies under `root` (the artifact folder, for predict) or, without a root,
     every frame outside the Python installation; its paths are shown relative to root, or to the
     folder its frames share. Reads the last traceback in the text: for chained exceptions, the one
-    that ended the run.
+    that ended the run; under torchrun, the worker's, not the launcher's report of it.
     """
-    lines = text.splitlines()
+    lines = [_RANK_PREFIX.sub("", line) for line in text.splitlines()]
     starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
-    block = lines[starts[-1]:] if starts else lines
-    frames, message = [], ""
-    for line in block:
-        match = _FRAME.match(line)
-        if match:
-            frames.append(match)
-        elif frames and line and not line[0].isspace() and not message:
-            message = line.strip()
+    blocks = [_read_block(lines[start:]) for start in starts] or [_read_block(lines)]
+    frames, message = next((b for b in reversed(blocks) if _LAUNCHER_FAILURE not in b[1]), blocks[-1])
     if not message:
         message = next((line.strip() for line in reversed(lines) if line.strip()), "")
     if not frames:
@@ -93,6 +91,19 @@ def parse_traceback(text: str, root: str | None = None) -> Traceback:
     base = root if root and own else _common_folder([f["path"] for f in own])
     where = f"{_short_path(deepest['path'], base)}:{deepest['line']}"
     return Traceback(f"{where} in {deepest['func']}" if deepest["func"] else where, message)
+
+
+def _read_block(lines: list[str]) -> tuple[list[re.Match], str]:
+    """The frames of the traceback the lines start with, and its exception line."""
+    frames, message = [], ""
+    for line in lines:
+        match = _FRAME.match(line)
+        if match:
+            frames.append(match)
+        elif frames and line and not line[0].isspace():
+            message = line.strip()
+            break
+    return frames, message
 
 
 def _short_path(path: str, base: str) -> str:

@@ -87,13 +87,14 @@ def policy_env(
 
 
 def python_roots() -> list[str]:
-    """Where the interpreter's libraries and installed packages live (not the whole prefix: a system
-    Python's prefix is /usr)."""
+    """Where the interpreter's libraries, installed packages and their commands live (not the whole
+    prefix: a system Python's prefix is /usr). The commands are there for launchers such as torchrun,
+    a script the interpreter has to read."""
     import site
     import sysconfig
 
     paths = sysconfig.get_paths()
-    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")}
     roots.update(site.getsitepackages())
     prefixes = (sys.prefix, sys.base_prefix)
     roots.update(p for p in sys.path if p and _inside(p, prefixes))  # e.g. lib/python311.zip

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from evaluators.labels import crash_evidence
 from executors.sandbox import Limits, run_command
 
 LIMITS = Limits(wall_s=20, memory_mb=1024, file_mb=1)
@@ -115,3 +117,39 @@ def test_stdin_is_empty(tmp_path):
 def test_a_command_that_cannot_start_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         run_command(["{python}-does-not-exist"], tmp_path, LIMITS, log_path=tmp_path / "log")
+
+
+# The official GPU tasks launch with torchrun; on CPU, workers with a gloo process group go through the
+# same launcher, sandbox and fence. Once a worker has a process group torchrun prefixes its lines with
+# [rankN]:, and after the workers' tracebacks it prints one of its own.
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+DISTRIBUTED = "import torch.distributed as dist\ndist.init_process_group('gloo')\n"
+
+
+def run_torchrun(tmp_path: Path, code: str, limits: Limits = LIMITS, **kwargs):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "train.py").write_text(DISTRIBUTED + code)
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "train.py"]
+    return run_command(command, run_dir, limits, log_path=tmp_path / "run.log", allow_subprocess=True, **kwargs)
+
+
+def test_a_worker_crash_under_torchrun_shows_the_recipes_frame(tmp_path):
+    result = run_torchrun(tmp_path, "def step():\n    raise RuntimeError('broken on purpose')\nstep()\n")
+    log = result.log.read_text()
+    assert result.exit_code != 0
+    assert "[rank1]: RuntimeError: broken on purpose" in log and "ChildFailedError" in log
+    evidence = crash_evidence("train", log, result.signal, result.exit_code, result.peak_rss_mb, {"memory_mb": 0})
+    assert (evidence.frame, evidence.message) == ("train.py:4 in step", "RuntimeError: broken on purpose")
+
+
+def test_torchrun_workers_die_with_the_run_at_the_wall_clock(tmp_path):
+    hold = "import time\nblock = bytearray(64 * 1024**2)\nprint('holding', dist.get_rank(), flush=True)\ntime.sleep(60)\n"
+    begin = time.monotonic()
+    result = run_torchrun(tmp_path, hold, Limits(wall_s=8, memory_mb=0, file_mb=1), grace_s=1)
+    assert result.timed_out and time.monotonic() - begin < 20
+    assert "holding 0" in result.log.read_text() and "holding 1" in result.log.read_text()
+    deadline = time.monotonic() + 5
+    while running_in(tmp_path / "run") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running_in(tmp_path / "run") == [], "a torchrun worker survived the wall clock"
