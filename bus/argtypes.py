@@ -18,3 +18,13 @@ def positive_int(text: str, least: int = 1) -> int:
 def at_least_two(text: str) -> int:
     """A count of runs to measure a spread over."""
     return positive_int(text, least=2)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value

@@ -10,7 +10,7 @@ import sys
 import msgspec
 
 from agents.registry import ARMS
-from bus.argtypes import at_least_two, positive_int
+from bus.argtypes import at_least_two, positive_float, positive_int
 from bus.connection import Bus
 from bus.events import Budgets, CampaignStarted, CampaignStopped, Prices, StopRules, TrialProposed, check_token
 from evaluators.spec import Task, load_task, task_names
@@ -111,6 +111,11 @@ async def _main(args) -> None:
             print(await running_campaign(bus, args.task) or "")
         elif args.action == "start":
             task = load_task(args.task)
+            if args.short:
+                task.spec = task.spec.shortened()
+            if args.train_s:
+                task.spec = msgspec.structs.replace(
+                    task.spec, budgets=msgspec.structs.replace(task.spec.budgets, train_s=args.train_s))
             campaign_id = args.campaign or default_campaign_id(task.name)
             # Refused before any noise run.
             rules = rules_from(args.plateau, args.failure_storm, args.deadline)
@@ -142,6 +147,10 @@ def cli_arguments(parser) -> None:
     start.add_argument("--plateau", type=int, metavar="K", help="stop after K counted trials in a row without a keep")
     start.add_argument("--failure-storm", metavar="F/K",
                        help="stop when more than F%% of the last K trials fail on harness faults or one failure label")
+    start.add_argument("--short", action="store_true",
+                       help="run the recipe shrunk through its own settings (the task's [short] table): a smoke test")
+    start.add_argument("--train-s", type=positive_float, metavar="S",
+                       help="the executor's wall clock for each trial's run (default: the task's)")
     start.add_argument("--deadline", metavar="DURATION", help="stop this long after the start: 90s, 45m, 12h, 2d")
     start.add_argument("--budget-usd", type=float, metavar="D",
                        help="stop when LLM plus device dollars (at ARX_LLM_PRICES, ARX_DEVICE_PRICES) would pass D")

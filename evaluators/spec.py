@@ -32,6 +32,10 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 SCORED_FROM = ("artifact", "log")
 DEVICE_CLASSES = ("cuda",)  # what a task may require beyond CPUs; executors advertise which they have
 RECIPE_FROM_ENV = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What the sandbox sets itself (executors/sandbox.py, recipe_env) or the executor gives a trial: a task's
+# own variables may not replace them, or a spec could lift the fence or point a trial at another GPU.
+RESERVED_ENV = re.compile(r"^(?:ARX_|PYTHON|LD_|CUDA_VISIBLE_DEVICES$|HOME$|TMPDIR$|PATH$)")
 
 
 class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -168,8 +172,12 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The recipe may start processes and use sockets (torchrun, torch.compile's compilers); its network
     # namespace, where the host has one, still reaches nothing but its own loopback.
     allow_subprocess: bool = False
+    # Variables the command runs with: the recipe's own settings (the sandbox's own are refused).
+    env: dict[str, str] = {}
+    short: Short | None = None
 
     def __post_init__(self):
+        check_env(self.env, "env")
         if self.direction not in ("min", "max"):
             raise ValueError(f"direction must be 'min' or 'max', not {self.direction!r}")
         if self.scored_from not in SCORED_FROM:
@@ -196,6 +204,14 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if not path_in(transform.path, self.surface(transform.surface).paths):
                 raise ValueError(f"transform {transform.name}: {transform.path} is not in surface {transform.surface}")
 
+    def shortened(self) -> TaskSpec:
+        """This spec with its [short] settings applied: what `campaign start --short` records."""
+        if self.short is None:
+            raise ValueError(f"task {self.name} has no [short] table: it cannot be run short")
+        budgets = msgspec.structs.replace(self.budgets, train_s=self.short.train_s or self.budgets.train_s)
+        return msgspec.structs.replace(self, env={**self.env, **self.short.env}, budgets=budgets, short=None,
+                                       command=[*self.command, *self.short.args])
+
     def paths_of(self, surface: str) -> list[str] | None:
         """The paths a trial on this surface may edit (bus.edits.surface_paths); ValueError for an unknown one."""
         try:
@@ -212,6 +228,27 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def better(self, a: float, b: float) -> bool:
         """Is score a better than score b?"""
         return a < b if self.direction == "min" else a > b
+
+
+def check_env(env: dict[str, str], where: str) -> None:
+    for name in env:
+        if not ENV_NAME.match(name) or RESERVED_ENV.match(name):
+            raise ValueError(f"{where}: {name!r} is not a variable a task may set (not a name, or the sandbox's own)")
+
+
+class Short(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The recipe shrunk to a run of a minute or two through its own settings (the variables it reads,
+    the arguments its command takes), never by editing it: `arx campaign start --short` runs the
+    campaign with these (scripts/gpu_smoke.sh). The scores prove the plumbing, not the recipe."""
+
+    env: dict[str, str] = {}
+    args: list[str] = []  # appended to the command
+    train_s: float | None = None  # the executor's wall clock for the short run
+
+    def __post_init__(self):
+        check_env(self.env, "short.env")
+        if self.train_s is not None and not self.train_s > 0:
+            raise ValueError(f"short.train_s must be positive, not {self.train_s}")
 
 
 class Task:
@@ -243,17 +280,27 @@ class Task:
     @cache
     def module(self) -> ModuleType:
         path = self.folder / "task.py"
-        loader_spec = importlib.util.spec_from_file_location(f"arx_task_{self.folder.name}", path)
-        module = importlib.util.module_from_spec(loader_spec)
-        loader_spec.loader.exec_module(module)
+        module = _load_module(path, f"arx_task_{self.folder.name}")
         # Once per load: an incomplete task.py is refused on every host that loads it, naming all it lacks,
         # not by an AttributeError only at the call site (perhaps another host's) that needs the function.
         check_module(module, self.name, self.spec.scored_from, path)
         return module
 
+    def smoke_data(self) -> ModuleType | None:
+        """The task's smoke_data.py (`arx smoke-data`), for an official task whose data cannot be had here."""
+        path = self.folder / "smoke_data.py"
+        return _load_module(path, f"arx_smoke_data_{self.folder.name}") if path.exists() else None
+
     def bundle(self) -> bytes:
         """The starting recipe (the files its include globs match) as a deterministic tar.gz."""
         return pack_folder(self.recipe_dir, self.spec.include)
+
+
+def _load_module(path: Path, name: str) -> ModuleType:
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    loader_spec.loader.exec_module(module)
+    return module
 
 
 def pack_folder(folder: Path, include: list[str] = ()) -> bytes:

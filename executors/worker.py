@@ -105,7 +105,7 @@ def run_recipe(
     spec: TaskSpec, run_dir: Path, limits: Limits, log_path: Path, *, home: Path, devices: Devices = Devices(),
     command: list[str] | None = None, env: dict[str, str] | None = None,
 ) -> RunResult:
-    """Run the task's command (or `command`, with `env` added) the way every trial runs, holding the host
+    """Run the task's command (or `command`, with `env` added to the task's) the way every trial runs, holding the host
     locks it needs; `arx noise` runs the baseline this way too."""
     # Timed trials on one host must not overlap, or each one's wall time measures the other; and
     # a GPU runs one trial at a time, whichever executor on the host was given it.
@@ -116,8 +116,8 @@ def run_recipe(
         for device in sorted(devices.names):  # one order everywhere: no deadlock
             held.enter_context(host_lock(home / "locks" / f"{device.replace(':', '-')}.lock"))
         command = [arg.replace("{devices}", str(len(devices.ids))) for arg in command or spec.command]
-        return run_command(command, run_dir, limits, log_path=log_path, env={**devices.env(), **(env or {})},
-                           allow_subprocess=spec.allow_subprocess)
+        return run_command(command, run_dir, limits, log_path=log_path,
+                           env={**spec.env, **devices.env(), **(env or {})}, allow_subprocess=spec.allow_subprocess)
 
 
 class Executor:

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Start arx on this machine and run a campaign:
-#   scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--measure-noise RUNS]
-#                 [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--budget-usd D]
-#                 [--budget-device-hours KIND=H]... [--ui] [--ui-port P] [--wait | --detach]
+#   scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--devices SPEC]
+#                 [--measure-noise RUNS] [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--budget-usd D]
+#                 [--budget-device-hours KIND=H]... [--short] [--ui] [--ui-port P] [--wait | --detach]
 # Sets up .venv, starts nats-server (unless one answers at NATS_URL), the projector, the evaluators,
-# K executors and the default specialists (pids and logs under .arx/), starts a campaign and shows
-# its progress. --measure-noise times RUNS runs of the starting recipe first and records that noise
+# K executors (on --devices: cpu, the default, auto, or cuda:0,cuda:1) and the default specialists
+# (pids and logs under .arx/), starts a campaign and shows its progress. --measure-noise times RUNS runs of the starting recipe first and records that noise
 # floor in the campaign instead of the task's prior. --plateau, --failure-storm and --deadline are the
 # campaign's stop rules, --budget-usd and --budget-device-hours its budgets (`arx campaign start
-# --help`). --ui also serves lineage.db and the campaign report in the browser (`arx ui`, on
-# 127.0.0.1:8001 or --ui-port P) and prints its address. Run again, it reuses whatever is still running.
+# --help`). --short runs the recipe shrunk through its own settings (the task's [short] table). --ui
+# also serves lineage.db and the campaign report in the browser (`arx ui`, on 127.0.0.1:8001 or
+# --ui-port P) and prints its address. Run again, it reuses whatever is still running.
 #
 # On another host, join a campaign that runs elsewhere with one role's processes only:
-#   scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K] [--task NAME]
+#   scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K] [--devices SPEC]
+#                 [--task NAME]
 # URL is the servers' NATS_URL; give the role's credential in ARX_CREDENTIALS (and the servers' CA in
 # ARX_TLS_CA for tls:// servers). agents join the latest running campaign of --task.
 # scripts/down.sh stops exactly what up.sh started on this host.
@@ -20,14 +22,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-task=digits-speedrun trials=30 executors=1 evaluators=1 mode=watch noise_runs= join= role= ui= ui_port=8001
+task=digits-speedrun trials=30 executors=1 evaluators=1 devices=cpu mode=watch noise_runs= join= role= ui= ui_port=8001
 limits=()  # stop rules and budgets, passed on to `arx campaign start`
 usage() {
-    echo "usage: scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--measure-noise RUNS]" >&2
-    echo "                     [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--budget-usd D]" >&2
-    echo "                     [--budget-device-hours KIND=H]... [--ui] [--ui-port P]" >&2
+    echo "usage: scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--devices SPEC]" >&2
+    echo "                     [--measure-noise RUNS] [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--budget-usd D]" >&2
+    echo "                     [--budget-device-hours KIND=H]... [--short] [--ui] [--ui-port P]" >&2
     echo "                     [--wait | --detach]" >&2
-    echo "       scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K] [--task NAME]" >&2
+    echo "       scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K]" >&2
+    echo "                     [--devices SPEC] [--task NAME]" >&2
     echo "       scripts/up.sh -h | --help" >&2
     exit 2
 }
@@ -37,11 +40,13 @@ while [ $# -gt 0 ]; do
         --trials) trials=${2:?--trials needs a value}; shift 2 ;;
         --executors) executors=${2:?--executors needs a value}; shift 2 ;;
         --evaluators) evaluators=${2:?--evaluators needs a value}; shift 2 ;;
+        --devices) devices=${2:?--devices needs a value}; shift 2 ;;
         --join) join=${2:?--join needs the servers\' URL}; shift 2 ;;
         --role) role=${2:?--role needs a value}; shift 2 ;;
         --measure-noise) noise_runs=${2:?--measure-noise needs a value}; shift 2 ;;
         --plateau|--failure-storm|--deadline|--budget-usd|--budget-device-hours)
             limits+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+        --short) limits+=("$1"); shift ;;
         --ui) ui=1; shift ;;
         --ui-port) ui=1 ui_port=${2:?--ui-port needs a value}; shift 2 ;;
         --wait) mode=wait; shift ;;
@@ -92,7 +97,7 @@ start_executors() {
     # Names carry the host when joining, so that the log tells executors on different hosts apart.
     local prefix=executor${join:+-${HOSTNAME%%.*}}
     for i in $(seq 1 "$executors"); do
-        start "executor-$i" $arx executor --name "$prefix-$i"
+        start "executor-$i" $arx executor --name "$prefix-$i" --devices "$devices"
     done
 }
 start_evaluators() {
@@ -149,7 +154,7 @@ campaign=$($arx campaign running --task "$task")
 if [ -n "$campaign" ]; then
     echo "reusing running campaign $campaign"
 else
-    campaign=$($arx campaign start --task "$task" --trials "$trials" ${noise_runs:+--measure-noise "$noise_runs"} \
+    campaign=$($arx campaign start --task "$task" --trials "$trials" ${noise_runs:+--measure-noise "$noise_runs" --devices "$devices"} \
         ${limits[@]+"${limits[@]}"})
     echo "started campaign $campaign ($trials trials of $task)"
 fi

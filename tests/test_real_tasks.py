@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bus.connection import Bus
@@ -228,3 +230,50 @@ def test_a_broken_official_task_spec_names_its_field(tmp_path, line, field):
     path.write_text(f"{line}\n{text}")
     with pytest.raises(ValueError, match=f"task.toml: {field}"):
         load_spec(path)
+
+
+@pytest.mark.parametrize(("line", "name"), [
+    ('env = { HOME = "/root" }', "HOME"),
+    ('env = { ARX_FENCE = "" }', "ARX_FENCE"),
+    ('env = { LD_PRELOAD = "/tmp/x.so" }', "LD_PRELOAD"),
+    ('env = { PYTHONPATH = "/tmp" }', "PYTHONPATH"),
+    ('env = { CUDA_VISIBLE_DEVICES = "0,1,2,3" }', "CUDA_VISIBLE_DEVICES"),
+    ('env = { "TWO WORDS" = "1" }', "TWO WORDS"),
+])
+def test_a_task_may_not_set_the_variables_of_the_sandbox(tmp_path, line, name):
+    path = tmp_path / "task.toml"
+    path.write_text(f"{line}\n{(GOLF.folder / 'task.toml').read_text()}")
+    with pytest.raises(ValueError, match=f"task.toml: env: '{name}' is not a variable a task may set"):
+        load_spec(path)
+    short = (GOLF.folder / "task.toml").read_text().replace('env = { ITERATIONS = "200"', 'env = { HOME = "/", I = "1"')
+    path.write_text(short)
+    with pytest.raises(ValueError, match="short.env: 'HOME'"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("task", [GOLF, NANOCHAT, AIRBENCH], ids=lambda t: t.name)
+def test_a_short_run_changes_only_the_recipes_own_settings_and_the_wall_clock(task):
+    full, short = task.spec, task.spec.shortened()
+    assert short.env == full.short.env and short.command == full.command + full.short.args
+    assert short.budgets.train_s == full.short.train_s < full.budgets.train_s
+    unchanged = ("metric", "direction", "score", "gates", "surfaces", "frozen", "include", "requires", "noise")
+    assert all(getattr(short, name) == getattr(full, name) for name in unchanged)
+    # What a campaign records is final: a short spec cannot be shortened again.
+    with pytest.raises(ValueError, match="has no \\[short\\] table"):
+        short.shortened()
+
+
+def test_the_recipe_runs_with_the_variables_of_its_spec(tmp_path):
+    from executors.sandbox import Limits
+    from executors.worker import run_recipe
+
+    show = "import json, os; print(json.dumps({k: os.environ.get(k) for k in ('ITERATIONS', 'HOME', 'ARX_SMOKE')}))"
+    spec = msgspec.structs.replace(GOLF.spec.shortened(), command=["{python}", "-c", show])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for extra, smoke in (({}, None), ({"ARX_SMOKE": "1"}, "1")):
+        result = run_recipe(spec, run_dir, Limits(wall_s=30, memory_mb=0, file_mb=8), tmp_path / "log",
+                            home=tmp_path / "home", env=extra)
+        assert result.exit_code == 0, result.log.read_text()
+        seen = json.loads(result.log.read_text().splitlines()[-1])
+        assert seen == {"ITERATIONS": "200", "HOME": str(run_dir.resolve()), "ARX_SMOKE": smoke}
