@@ -30,6 +30,8 @@ COMMANDS = {
     "show": ("agents.show", "cli_show", "show one trial: hypothesis, label, score, gates, metrics, diffs, log tail"),
     "recipe": ("agents.show", "cli_recipe", "write one trial's whole tree into an empty folder, ready to run"),
     "history": ("executors.history", "cli", "the campaign's git repo as its history: outcomes as notes, keeps tagged"),
+    "smoke-data": ("evaluators.smoke_data", "cli",
+                   "write stand-in data for the official GPU tasks in their own formats (proves the plumbing only)"),
     "ui": ("projections.ui", "cli", "serve lineage.db read-only in the browser (Datasette) with the campaign report"),
 }
 
