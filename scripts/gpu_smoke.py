@@ -118,6 +118,48 @@ class ProbeSpecialist(Specialist):
                                                                                             self.entry: text}))
 
 
+# -- the recipe's own Python ----------------------------------------------------------------------
+
+
+def imported_modules(source: str) -> set[str]:
+    """The top-level modules a file imports, lazily too, except inside a try (an optional import)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.Try):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return found
+
+
+def recipe_python(command: list[str]) -> str:
+    """The interpreter the command runs the recipe with: `python` on PATH, or a launcher's (torchrun's)."""
+    program = shutil.which(command[0].replace("{python}", sys.executable))
+    if program is None:
+        raise ValueError(f"{command[0]} is not on PATH: activate the recipe's environment first")
+    first = Path(program).read_bytes()[:256].split(b"\n")[0]
+    return first[2:].decode().strip() if first.startswith(b"#!") else program
+
+
+def missing_modules(task: str, spec: TaskSpec) -> list[str]:
+    """What the recipe imports that its Python cannot find: found before a run, not as its crash."""
+    recipe = load_task(task).recipe_dir
+    files = {p for pattern in spec.include or ["**/*.py"] for p in recipe.glob(pattern) if p.suffix == ".py"}
+    local = {p.relative_to(recipe).parts[0].removesuffix(".py") for p in recipe.iterdir()}
+    wanted = set().union(*(imported_modules(p.read_text()) for p in files)) - local - set(sys.stdlib_module_names)
+    probe = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+    found = subprocess.run([recipe_python(spec.command), "-c", probe, *sorted(wanted - {"__future__"})],
+                           capture_output=True, text=True, timeout=120, check=True)
+    return found.stdout.split()
+
+
 # -- reading the outcome --------------------------------------------------------------------------
 
 
@@ -209,6 +251,11 @@ def arx(*args: str) -> str:
 
 
 async def probes_campaign(task: str, args, checks: Checks) -> tuple[dict, TaskSpec]:
+    spec = load_task(task).spec.shortened()
+    missing = missing_modules(task, spec)
+    if not checks.check("the recipe's Python has every module the recipe imports", not missing,
+                        f"install {' '.join(missing)} where {recipe_python(spec.command)} finds them"):
+        return {}, spec
     up = subprocess.run([str(ROOT / "scripts" / "up.sh"), "--task", task, "--trials", str(TRIALS), "--short",
                          "--devices", args.devices, "--detach"], capture_output=True, text=True, timeout=600)
     if up.returncode != 0:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tiny_tasks import TRAIN, write_task
+from tiny_tasks import TRAIN, use_tasks, write_task
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from gpu_smoke import BROKEN, broken, entry_file, unchanged  # noqa: E402
+from gpu_smoke import BROKEN, broken, entry_file, missing_modules, recipe_python, unchanged  # noqa: E402
 
 from evaluators.spec import load_task  # noqa: E402
 
@@ -53,6 +53,21 @@ def test_the_broken_edit_raises_first_and_the_unchanged_one_runs_as_before(tmp_p
     assert subprocess.run([sys.executable, str(path)], timeout=30).returncode == 0
 
 
+def test_a_module_the_recipe_imports_that_its_python_lacks_is_named_before_any_run(tmp_path, monkeypatch):
+    tasks = tmp_path / "tasks"
+    folder = write_task(tasks, "needy")
+    lazy = "def load():\n    import arx_no_such_module\ntry:\n    import arx_optional_extra\nexcept ImportError:\n    pass\n"
+    (folder / "recipe" / "train.py").write_text("import numpy\nimport json\n" + lazy + TRAIN)
+    (folder / "recipe" / "helpers.py").write_text("import torch\n")
+    (folder / "recipe" / "train.py").write_text((folder / "recipe" / "train.py").read_text() + "import helpers\n")
+    use_tasks(monkeypatch, tasks)
+    spec = load_task("needy").spec
+    assert missing_modules("needy", spec) == ["arx_no_such_module"]
+    # The recipe's Python is the one its command runs: torchrun's is the interpreter of its script.
+    assert recipe_python(["{python}", "train.py"]) == sys.executable
+    assert Path(recipe_python([str(Path(sys.executable).parent / "torchrun")])).resolve() == Path(sys.executable).resolve()
+
+
 # A recipe whose short run sleeps SLEEP_S, a setting it reads, so that half its wall time kills it mid-run.
 SLEEPY = TRAIN.replace("time.sleep(SLEEP)", 'time.sleep(float(os.environ.get("SLEEP_S", SLEEP)))')
 SHORT = '[short]\nenv = { SLEEP_S = "3" }\ntrain_s = 30\n'
@@ -70,7 +85,7 @@ def test_the_smoke_run_on_a_cpu_task(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (task,) = report["tasks"]
     checks = {c["check"]: c for c in task["checks"]}
-    assert all(c["ok"] for c in checks.values()) and len(checks) == 6, checks
+    assert all(c["ok"] for c in checks.values()) and len(checks) == 7, checks
     assert checks["GPU memory is freed after a killed trial"]["detail"] == "skipped: no nvidia-smi on this host"
     trials = {t["hypothesis"]: t for t in task["trials"]}
     assert {t["outcomes"] for t in trials.values()} == {1} and len(trials) == 3
