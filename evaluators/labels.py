@@ -86,7 +86,8 @@ def parse_traceback(text: str, root: str | None = None) -> Traceback:
         root = root.rstrip("/")
         own = [f for f in frames if f["path"].startswith(root + "/")]
     else:
-        own = [f for f in frames if not _LIBRARY.search(f["path"])]
+        # Not the installation's, and not code compiled from a string (a dataclass's __init__: "<string>").
+        own = [f for f in frames if not _LIBRARY.search(f["path"]) and not f["path"].startswith("<")]
     deepest = (own or frames)[-1]
     base = root if root and own else _common_folder([f["path"] for f in own])
     where = f"{_short_path(deepest['path'], base)}:{deepest['line']}"

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from bus.events import ObjectRef, TrialFinished
-from evaluators.labels import Evaluation, label, parse_traceback
+from evaluators.labels import Evaluation, Traceback, label, parse_traceback
 from evaluators.sandbox import OUTPUT_MB
 from evaluators.spec import load_task
 from projections.views import Incumbent
@@ -58,6 +58,17 @@ def test_a_crash_names_the_deepest_recipe_frame_and_the_exception(tmp_path):
     assert verdict.evidence.message.startswith("json.decoder.JSONDecodeError: Expecting property name")
     assert verdict.evidence.gate is None
     assert verdict.score is None
+
+
+def test_code_compiled_from_a_string_is_not_the_recipes_frame(tmp_path):
+    # As a dataclass's generated __init__ runs from "<string>": the frame to show is the recipe's line.
+    log = crash_log(tmp_path, {"train.py": """
+        namespace = {}
+        exec("def build():\\n    raise ValueError('bad config')\\n", namespace)
+        namespace["build"]()
+    """})
+    assert 'File "<string>", line 2, in build' in log
+    assert parse_traceback(log) == Traceback("train.py:4 in <module>", "ValueError: bad config")
 
 
 def test_chained_and_syntax_errors(tmp_path):
