@@ -75,13 +75,14 @@ MAX_FOLDERS = 4096  # resolved folders remembered (an import opens hundreds of f
 
 
 def policy_env(
-    *, writable, readable=(), sealed=(), read_suffixes=None, processes=False, sockets=False, libraries="none"
+    *, writable, readable=(), sealed=(), read_suffixes=None, processes=False, sockets=False, libraries="none",
+    any_signal=False,
 ) -> str:
     """A fence's arguments as one environment value (marshal: decoding it needs no import)."""
     policy = {
         "writable": tuple(map(str, writable)), "readable": tuple(map(str, readable)),
         "sealed": tuple(map(str, sealed)), "read_suffixes": read_suffixes,
-        "processes": processes, "sockets": sockets, "libraries": libraries,
+        "processes": processes, "sockets": sockets, "libraries": libraries, "any_signal": any_signal,
     }
     return marshal.dumps(policy).hex()
 
@@ -116,12 +117,14 @@ class Fence:
     never opened, even inside readable; read_suffixes: if given, the only files readable in readable;
     processes: may start processes; sockets: may use sockets; libraries: what ctypes may load and look
     up, "none", "installed" (files in readable, by path) or "any" (for code allowed processes anyway:
-    torchrun loads libc by name).
+    torchrun loads libc by name); any_signal: may signal any process it sees, for a recipe in a pid
+    namespace of its own, where every process is one it started (torchrun kills its workers' process
+    groups when one of them fails); else only its own process and group.
     """
 
     def __init__(
         self, *, writable, readable=(), sealed=(), read_suffixes=None, processes=False, sockets=False,
-        libraries="none",
+        libraries="none", any_signal=False,
     ):
         if libraries not in LIBRARIES:
             raise ValueError(f"libraries must be one of {LIBRARIES}, not {libraries!r}")
@@ -135,8 +138,9 @@ class Fence:
         self.checks = {event: self._refused for event in refused}
         self.checks.update({event: self._change for event in CHANGES})
         self.checks.update({event: self._ctypes for event in NATIVE_EVENTS})
-        self.checks.update({"open": self._open, "os.listdir": self._list, "os.scandir": self._list,
-                            "os.kill": self._kill, "os.killpg": self._killpg})
+        self.checks.update({"open": self._open, "os.listdir": self._list, "os.scandir": self._list})
+        if not any_signal:
+            self.checks.update({"os.kill": self._kill, "os.killpg": self._killpg})
 
         self.hook = self._hook()
 

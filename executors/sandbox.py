@@ -132,6 +132,8 @@ def recipe_env(run_dir: Path, *, allow_subprocess: bool = False) -> dict[str, st
         sockets=allow_subprocess,
         # torch loads its own libraries with ctypes; torchrun loads libc, but may start processes anyway.
         libraries="any" if allow_subprocess else "installed",
+        # In its own pid namespace a recipe sees only its own processes: torchrun may end its workers.
+        any_signal=allow_subprocess and "pid" in namespaces()[1],
     )
     if allow_subprocess and "net" in namespaces()[1]:
         env[LOOPBACK_ENV] = "1"  # torchrun's rendezvous and NCCL talk over the namespace's own loopback

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from evaluators.labels import crash_evidence
-from executors.sandbox import Limits, run_command
+from executors.sandbox import Limits, namespaces, run_command
 
 LIMITS = Limits(wall_s=20, memory_mb=1024, file_mb=1)
 
@@ -134,13 +135,17 @@ def run_torchrun(tmp_path: Path, code: str, limits: Limits = LIMITS, **kwargs):
     return run_command(command, run_dir, limits, log_path=tmp_path / "run.log", allow_subprocess=True, **kwargs)
 
 
-def test_a_worker_crash_under_torchrun_shows_the_recipes_frame(tmp_path):
-    result = run_torchrun(tmp_path, "def step():\n    raise RuntimeError('broken on purpose')\nstep()\n")
+def test_a_worker_crash_under_torchrun_shows_the_recipes_frame_and_ends_the_others(tmp_path):
+    # Rank 1 would sleep a minute: torchrun ends it (killpg of its session) once rank 0 has failed.
+    code = "import time\ndef step():\n    raise RuntimeError('broken on purpose')\nif dist.get_rank() == 0:\n    step()\ntime.sleep(60)\n"
+    result = run_torchrun(tmp_path, code, Limits(wall_s=50, memory_mb=0, file_mb=1))
     log = result.log.read_text()
-    assert result.exit_code != 0
-    assert "[rank1]: RuntimeError: broken on purpose" in log and "ChildFailedError" in log
+    assert result.exit_code != 0 and not result.timed_out and result.wall_s < 40, log
+    assert "[rank0]: RuntimeError: broken on purpose" in log and "ChildFailedError" in log
+    assert "PermissionError" not in log
     evidence = crash_evidence("train", log, result.signal, result.exit_code, result.peak_rss_mb, {"memory_mb": 0})
-    assert (evidence.frame, evidence.message) == ("train.py:4 in step", "RuntimeError: broken on purpose")
+    assert (evidence.frame, evidence.message) == ("train.py:5 in step", "RuntimeError: broken on purpose")
+    assert running_in(tmp_path / "run") == []
 
 
 def test_torchrun_workers_die_with_the_run_at_the_wall_clock(tmp_path):
@@ -153,3 +158,17 @@ def test_torchrun_workers_die_with_the_run_at_the_wall_clock(tmp_path):
     while running_in(tmp_path / "run") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert running_in(tmp_path / "run") == [], "a torchrun worker survived the wall clock"
+
+
+def test_a_recipe_that_may_signal_any_process_of_its_namespace_reaches_none_outside(tmp_path):
+    if "pid" not in namespaces()[1]:
+        pytest.skip("no pid namespace on this host: the fence keeps a recipe to its own group")
+    decoy = subprocess.Popen(["sleep", "60"])
+    try:
+        code = (f"import os, signal\ntry:\n    os.kill({decoy.pid}, signal.SIGKILL)\nexcept OSError as exc:\n"
+                f"    print(type(exc).__name__)\n")
+        result = run_python(tmp_path, code, allow_subprocess=True)
+        assert result.log.read_text().startswith("ProcessLookupError"), result.log.read_text()
+        assert decoy.poll() is None, "a recipe killed a process outside its namespace"
+    finally:
+        decoy.kill()
