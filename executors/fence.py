@@ -21,6 +21,7 @@ from __future__ import annotations
 import marshal
 import os
 import sys
+import threading
 # Bound here, so that a recipe that replaces os.path.realpath or os.getpid does not change the checks.
 from os import fsdecode, getcwd, getpgrp, getpid, lstat, readlink
 from os.path import isabs, isdir, normpath, realpath
@@ -71,6 +72,7 @@ CHANGES = {
 }
 NATIVE_EVENTS = ("ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function")
 LIBRARIES = ("none", "installed", "any")
+MAX_GENERATIONS = 64  # how far up the parent links a signal's target may be from the recipe
 MAX_FOLDERS = 4096  # resolved folders remembered (an import opens hundreds of files in a few folders)
 
 
@@ -118,8 +120,8 @@ class Fence:
     processes: may start processes; sockets: may use sockets; libraries: what ctypes may load and look
     up, "none", "installed" (files in readable, by path) or "any" (for code allowed processes anyway:
     torchrun loads libc by name); any_signal: may signal any process it sees, for a recipe in a pid
-    namespace of its own, where every process is one it started (torchrun kills its workers' process
-    groups when one of them fails); else only its own process and group.
+    namespace of its own, where every process is one it started; else only itself, its own group and
+    the processes it started (torchrun ends its workers' process groups when one of them fails).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Fence:
         self.sealed = _Area(sealed)
         self.read_suffixes = tuple(read_suffixes) if read_suffixes is not None else None
         self.libraries = libraries
+        self.processes = processes
         refused = ALWAYS_REFUSED + (() if processes else PROCESS_EVENTS) + (() if sockets else NETWORK_EVENTS)
         # One dict lookup per audited event: most events (imports, compiles) are not ours.
         self.checks = {event: self._refused for event in refused}
@@ -142,15 +145,19 @@ class Fence:
         if not any_signal:
             self.checks.update({"os.kill": self._kill, "os.killpg": self._killpg})
 
+        # Set in a thread while the fence reads /proc itself (_started_by_me): per thread, so that no
+        # other thread's events pass unchecked meanwhile.
+        self._own_read = threading.local()
         self.hook = self._hook()
 
     def _hook(self):
         """The function to pass to sys.addaudithook: a closure, as every audited event goes through it."""
         get = self.checks.get
+        own_read = self._own_read
 
         def hook(event: str, args: tuple) -> None:
             check = get(event)
-            if check is not None:
+            if check is not None and not getattr(own_read, "active", False):
                 check(event, args)
 
         return hook
@@ -206,12 +213,33 @@ class Fence:
         raise refuse(event)
 
     def _kill(self, event: str, args: tuple) -> None:
-        if args[0] not in (0, getpid(), -getpgrp()):  # 0 and -pgrp: its own process group
+        # 0 and -pgrp: its own process group; -pid: the group a process it started leads.
+        if args[0] not in (0, getpid(), -getpgrp()) and not self._started_by_me(abs(args[0])):
             raise refuse(f"os.kill of process {args[0]}")
 
     def _killpg(self, event: str, args: tuple) -> None:
-        if args[0] not in (0, getpgrp()):
+        if args[0] not in (0, getpgrp()) and not self._started_by_me(args[0]):
             raise refuse(f"os.killpg of group {args[0]}")
+
+    def _started_by_me(self, pid: int) -> bool:
+        """Whether this process started pid, or a process it started did (parent links in /proc)."""
+        if not self.processes:
+            return False
+        me = getpid()
+        self._own_read.active = True
+        try:
+            for _ in range(MAX_GENERATIONS):
+                if pid <= 1:
+                    return False
+                with open(f"/proc/{pid}/stat", "rb") as stat:
+                    pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+                if pid == me:
+                    return True
+        except (OSError, ValueError, IndexError):
+            return False
+        finally:
+            self._own_read.active = False
+        return False
 
     def _ctypes(self, event: str, args: tuple) -> None:
         if self.libraries == "any":

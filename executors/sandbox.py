@@ -40,12 +40,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from executors import fence
+from executors.reaper import descendants
 
 log = logging.getLogger("arx.executor.sandbox")
 
 MB = 1024 * 1024
 KEPT_VARIABLES = ("PATH", "LANG")
 RECIPE_SITE = Path(__file__).resolve().parent / "recipe_site"  # holds the sitecustomize that puts the fence up
+REAPER = Path(__file__).resolve().parent / "reaper.py"
 DISK_POLL_S = 0.5
 # Every file or folder counts at least this much: a recipe that makes millions of empty files fills
 # the disk's inodes, and the sum stops early at the budget, so one sample reads a bounded number.
@@ -184,8 +186,19 @@ def _set_limits(limits: Limits):
 
 
 def _kill_group(pgid: int, sig: int) -> None:
+    """Signal the run: its process group, and every process below its first one, whatever their group
+    (the reaper keeps those of a run without a pid namespace below it)."""
+    for pid in descendants(pgid):
+        _kill(pid, sig)
     try:
         os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -317,6 +330,8 @@ def run_command(
     check_fenceable(command)
     run_dir = Path(run_dir).resolve()
     prefix, isolates = namespaces()
+    if allow_subprocess and "pid" not in isolates:  # what a pid namespace would end, the reaper ends
+        prefix = (*prefix, sys.executable, "-E", str(REAPER), str(grace_s / 2))
     argv = [*prefix, *(arg.replace("{python}", sys.executable) for arg in command)]
     isolation = (("fence",) if any("{python}" in arg for arg in command) else ()) + isolates
     _check_program(argv[len(prefix)], run_dir)  # behind unshare, a missing one would only show in the log

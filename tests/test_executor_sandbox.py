@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from evaluators.labels import crash_evidence
+from executors import sandbox
 from executors.sandbox import Limits, namespaces, run_command
 
 LIMITS = Limits(wall_s=20, memory_mb=1024, file_mb=1)
@@ -135,7 +136,7 @@ def run_torchrun(tmp_path: Path, code: str, limits: Limits = LIMITS, **kwargs):
     return run_command(command, run_dir, limits, log_path=tmp_path / "run.log", allow_subprocess=True, **kwargs)
 
 
-def test_a_worker_crash_under_torchrun_shows_the_recipes_frame_and_ends_the_others(tmp_path):
+def test_a_worker_crash_under_torchrun_shows_the_recipes_frame_and_ends_the_others(tmp_path, isolation):
     # Rank 1 would sleep a minute: torchrun ends it (killpg of its session) once rank 0 has failed.
     code = "import time\ndef step():\n    raise RuntimeError('broken on purpose')\nif dist.get_rank() == 0:\n    step()\ntime.sleep(60)\n"
     result = run_torchrun(tmp_path, code, Limits(wall_s=50, memory_mb=0, file_mb=1))
@@ -148,7 +149,17 @@ def test_a_worker_crash_under_torchrun_shows_the_recipes_frame_and_ends_the_othe
     assert running_in(tmp_path / "run") == []
 
 
-def test_torchrun_workers_die_with_the_run_at_the_wall_clock(tmp_path):
+@pytest.fixture(params=["namespace", "reaper"])
+def isolation(request, monkeypatch):
+    """Each torchrun test twice: in a pid namespace, and as on a host without one (executors/reaper.py)."""
+    if request.param == "reaper":
+        monkeypatch.setattr(sandbox, "namespaces", lambda: ((), ()))
+    elif "pid" not in sandbox.namespaces()[1]:
+        pytest.skip("no pid namespace on this host")
+    return request.param
+
+
+def test_torchrun_workers_die_with_the_run_at_the_wall_clock(tmp_path, isolation):
     hold = "import time\nblock = bytearray(64 * 1024**2)\nprint('holding', dist.get_rank(), flush=True)\ntime.sleep(60)\n"
     begin = time.monotonic()
     result = run_torchrun(tmp_path, hold, Limits(wall_s=8, memory_mb=0, file_mb=1), grace_s=1)
@@ -160,15 +171,40 @@ def test_torchrun_workers_die_with_the_run_at_the_wall_clock(tmp_path):
     assert running_in(tmp_path / "run") == [], "a torchrun worker survived the wall clock"
 
 
-def test_a_recipe_that_may_signal_any_process_of_its_namespace_reaches_none_outside(tmp_path):
-    if "pid" not in namespaces()[1]:
-        pytest.skip("no pid namespace on this host: the fence keeps a recipe to its own group")
+def test_torchrun_workers_die_when_the_run_is_killed_outright(tmp_path, isolation):
+    # The disk watchdog kills at once (SIGKILL): torchrun gets no chance to end its workers, which run
+    # in sessions of their own, so the sandbox must find them below the run's first process.
+    code = ("import time\nwith open(f'fill-{dist.get_rank()}.bin', 'wb') as f:\n    f.write(bytes(8 * 2**20))\n"
+            "print('filled', flush=True)\ntime.sleep(60)\n")
+    begin = time.monotonic()
+    result = run_torchrun(tmp_path, code, Limits(wall_s=50, memory_mb=0, file_mb=64, disk_mb=5))
+    assert result.killed_by == "disk_mb" and time.monotonic() - begin < 40, result
+    deadline = time.monotonic() + 5
+    while running_in(tmp_path / "run") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running_in(tmp_path / "run") == [], "a torchrun worker survived its run's SIGKILL"
+
+
+def test_a_process_the_recipe_left_in_a_session_of_its_own_ends_with_the_run(tmp_path, isolation):
+    code = "import subprocess\nsubprocess.Popen(['sleep', '60'], start_new_session=True)\nprint('left it')\n"
+    result = run_python(tmp_path, code, allow_subprocess=True)
+    assert result.exit_code == 0 and result.log.read_text() == "left it\n"
+    assert running_in(tmp_path / "run") == [], "the recipe's orphan outlived its run"
+
+
+def test_a_recipe_may_end_the_processes_it_started_and_no_other(tmp_path, isolation):
     decoy = subprocess.Popen(["sleep", "60"])
     try:
-        code = (f"import os, signal\ntry:\n    os.kill({decoy.pid}, signal.SIGKILL)\nexcept OSError as exc:\n"
-                f"    print(type(exc).__name__)\n")
+        code = ("import os, signal, subprocess, time\n"
+                "child = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+                "os.killpg(child.pid, signal.SIGKILL)\n"
+                "print('ended its own:', child.wait())\n"
+                f"try:\n    os.kill({decoy.pid}, signal.SIGKILL)\nexcept OSError as exc:\n    print(type(exc).__name__)\n")
         result = run_python(tmp_path, code, allow_subprocess=True)
-        assert result.log.read_text().startswith("ProcessLookupError"), result.log.read_text()
-        assert decoy.poll() is None, "a recipe killed a process outside its namespace"
+        lines = result.log.read_text().splitlines()
+        # In a pid namespace the decoy is not there to be seen; without one the fence refuses it.
+        expected = "ProcessLookupError" if isolation == "namespace" else "PermissionError"
+        assert lines == [f"ended its own: {-signal.SIGKILL}", expected], lines
+        assert decoy.poll() is None, "a recipe killed a process it did not start"
     finally:
         decoy.kill()
