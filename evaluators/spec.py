@@ -172,6 +172,10 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The recipe may start processes and use sockets (torchrun, torch.compile's compilers); its network
     # namespace, where the host has one, still reaches nothing but its own loopback.
     allow_subprocess: bool = False
+    # Globs, relative to the run dir, of the files a run leaves that are its product (an official
+    # recipe's compressed model): the executor stores them as the trial's artifact, instead of what
+    # ARX_ARTIFACT_DIR holds. A glob that matches nothing (a run that broke first) is no error.
+    artifacts: list[str] = []
     # Variables the command runs with: the recipe's own settings (the sandbox's own are refused).
     env: dict[str, str] = {}
     short: Short | None = None
@@ -184,9 +188,10 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"scored_from must be one of {SCORED_FROM}, not {self.scored_from!r}")
         if self.recipe_source and not RECIPE_FROM_ENV.match(self.recipe_source):
             raise ValueError(f"recipe_source must be '' or 'env:VARIABLE', not {self.recipe_source!r}")
-        for pattern in self.include:
-            if not pattern or pattern.startswith("/") or ".." in pattern.split("/"):
-                raise ValueError(f"include: {pattern!r} must be a glob relative to the recipe folder")
+        for field, where in (("include", "the recipe folder"), ("artifacts", "the run dir")):
+            for pattern in getattr(self, field):
+                if not pattern or pattern.startswith("/") or ".." in pattern.split("/"):
+                    raise ValueError(f"{field}: {pattern!r} must be a glob relative to {where}")
         unknown = sorted(set(self.requires) - set(DEVICE_CLASSES))
         if unknown:
             raise ValueError(f"requires: unknown device classes {unknown} (known: {list(DEVICE_CLASSES)})")

@@ -101,6 +101,17 @@ def pinned_cores(count: int) -> tuple[int, ...]:
     return tuple(sorted(os.sched_getaffinity(0))[-count:])
 
 
+def pack_artifact(run_dir: Path, spec: TaskSpec) -> bytes | None:
+    """The run's artifact: the run-dir files the task's `artifacts` globs match, or else what the
+    recipe wrote into ARX_ARTIFACT_DIR; None when there is none."""
+    if spec.artifacts:
+        files = sorted({str(p.relative_to(run_dir)) for pattern in spec.artifacts for p in run_dir.glob(pattern)
+                        if p.is_file() and not p.is_symlink()})
+        return pack_folder(run_dir, files) if files else None
+    artifact_dir = run_dir / "artifact"
+    return pack_folder(artifact_dir) if artifact_dir.is_dir() and not artifact_dir.is_symlink() else None
+
+
 def run_recipe(
     spec: TaskSpec, run_dir: Path, limits: Limits, log_path: Path, *, home: Path, devices: Devices = Devices(),
     command: list[str] | None = None, env: dict[str, str] | None = None,
@@ -325,10 +336,9 @@ class Executor:
             else:
                 result, limits = failure.result, failure.limits
             log_ref = await self.bus.put_object(f"logs/{campaign_id}/{name}.log", log_path.read_bytes())
-            artifact_dir = run_dir / "artifact"
+            packed = None if failure is not None else await asyncio.to_thread(pack_artifact, run_dir, task.spec)
             artifact_ref = None
-            if failure is None and artifact_dir.is_dir() and not artifact_dir.is_symlink():
-                packed = await asyncio.to_thread(pack_folder, artifact_dir)
+            if packed is not None:
                 artifact_ref = await self.bus.put_object(f"artifacts/{campaign_id}/{name}.tar.gz", packed)
             return Measurement(
                 executor=self.name,

@@ -12,7 +12,8 @@ projector, an evaluator, one executor on --devices and the task's offline roster
    with nvidia-smi while it runs; skipped on a host without one).
 
 Every trial must get exactly one outcome. Writes OUT/report.json: the checks, and per trial its wall
-time, its log's size, its time in the queue and arx's overhead around the run (for BENCHMARKS.md).
+time, the sizes of its log and artifact, its time in the queue and arx's overhead around the run (for
+BENCHMARKS.md).
 Exits 1 when a check failed. The scores prove the plumbing, not the recipes.
 """
 
@@ -183,7 +184,8 @@ async def trial_records(bus: Bus, campaign: str) -> dict[str, dict]:
                 record.setdefault("started_at", at)
             elif isinstance(event, TrialFinished):
                 record.update(finished_at=at, wall_s=event.wall_s, timed_out=event.timed_out,
-                              log_bytes=event.log.size if event.log else 0)
+                              log_bytes=event.log.size if event.log else 0,
+                              artifact_bytes=event.artifact.size if event.artifact else 0)
             elif message.subject.endswith(".outcome"):
                 record["outcomes"] += 1
                 record.update(outcome_at=at, label=event.label, evidence=msgspec.to_builtins(event.evidence),

@@ -178,6 +178,40 @@ async def test_trials_run_and_report_what_was_measured(arx_env, tiny_task):
         assert list((Path(arx_env["ARX_HOME"]) / "runs" / "c1").iterdir()) == []
 
 
+KEEPER = TRAIN + """Path("model.bin").write_bytes(b"weights" * 128)
+Path("logs/run-1").mkdir(parents=True)
+Path("logs/run-1/run.pt").write_text("accs")
+"""
+
+
+@pytest.mark.anyio
+async def test_a_tasks_declared_artifacts_are_stored_from_the_run_dir(arx_env, tmp_path, monkeypatch):
+    folder = tmp_path / "tasks" / "tiny_keeper"
+    (folder / "recipe").mkdir(parents=True)
+    toml = TASK_TOML.replace('name = "tiny-task"', 'name = "tiny-keeper"')
+    (folder / "task.toml").write_text(toml.replace('frozen = ["data/"]', 'frozen = ["data/"]\nartifacts = ["*.bin", "logs/*/run.pt", "final.ptz"]'))
+    (folder / "task.py").write_text(TASK_PY)
+    (folder / "recipe" / "train.py").write_text(KEEPER)
+    monkeypatch.setenv("ARX_TASKS_PATH", str(tmp_path / "tasks"))
+    task = load_task("tiny-keeper")
+    broken = "".join(difflib.unified_diff(KEEPER.splitlines(True), ("raise SystemExit(3)\n" + KEEPER).splitlines(True),
+                                          "a/train.py", "b/train.py"))
+    async with await Bus.connect(role="admin") as bus:
+        await open_campaign(bus, task, "k1")
+        await bus.publish(proposal("k1", "t-broken", broken))
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(run_executor, bus, name="ex-1", stop=stop))
+            base = await wait_event(bus, "k1", "baseline", "finished.*")
+            crashed = await wait_event(bus, "k1", "t-broken", "finished.*")
+            stop.set()
+        # The run dir's product, under its own names; not what ARX_ARTIFACT_DIR holds, not the linked data.
+        files = await artifact_files(bus, base.artifact) if base.artifact else {}
+        assert sorted(files) == ["logs/run-1/run.pt", "model.bin"], files
+        assert files["logs/run-1/run.pt"] == "accs" and base.artifact.size > 0
+        assert crashed.exit_code == 3 and crashed.artifact is None
+
+
 @pytest.mark.anyio
 async def test_bad_messages_stopped_campaigns_and_exhausted_attempts(arx_env, tiny_task, monkeypatch):
     monkeypatch.setenv("ARX_MAX_ATTEMPTS", "1")
