@@ -73,16 +73,25 @@ SLEEPY = TRAIN.replace("time.sleep(SLEEP)", 'time.sleep(float(os.environ.get("SL
 SHORT = '[short]\nenv = { SLEEP_S = "3" }\ntrain_s = 30\n'
 
 
-def test_the_smoke_run_on_a_cpu_task(tmp_path):
+def test_the_smoke_run_on_a_cpu_task_twice_on_one_home(tmp_path):
     tasks = tmp_path / "tasks"
     folder = write_task(tasks, "sleepy", extra=SHORT)
     (folder / "recipe" / "train.py").write_text(SLEEPY)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ARX_", "NATS_"))} | {"ARX_TASKS_PATH": str(tasks)}
     out = tmp_path / "out"
-    run = subprocess.run([str(ROOT / "scripts" / "gpu_smoke.sh"), "--task", "sleepy", "--devices", "cpu", "--out",
-                          str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    report = json.loads((out / "report.json").read_text())
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # The second time: the same ARX_HOME and log, so new campaigns beside the first run's stopped ones.
+    for attempt in ("first", "second"):
+        run = subprocess.run([str(ROOT / "scripts" / "gpu_smoke.sh"), "--task", "sleepy", "--devices", "cpu", "--out",
+                              str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        report = json.loads((out / "report.json").read_text())
+        assert run.returncode == 0, attempt + run.stdout[-3000:] + run.stderr[-3000:]
+        check_report(report)
+        # down.sh stopped everything the run started.
+        pids = list((out / "home" / "pids").glob("*.pid"))
+        assert pids == [], pids
+
+
+def check_report(report: dict) -> None:
     (task,) = report["tasks"]
     checks = {c["check"]: c for c in task["checks"]}
     assert all(c["ok"] for c in checks.values()) and len(checks) == 7, checks
@@ -95,6 +104,3 @@ def test_the_smoke_run_on_a_cpu_task(tmp_path):
         assert trial["overhead_s"] >= 0 and trial["queue_s"] >= 0
     overrun = task["overrun"]
     assert overrun["label"] == "train_budget_overrun" and overrun["train_s"] >= 1.5 and overrun["timed_out"]
-    # down.sh stopped everything the run started.
-    pids = list((out / "home" / "pids").glob("*.pid"))
-    assert pids == [], pids
