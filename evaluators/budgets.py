@@ -1,6 +1,7 @@
 """Watching the running campaigns: stop each one when its trial count or another budget is spent
-(projections/ledger.py) or a stop rule breaks (projections/stop_rules.py), and warm the scorer for the rest. Outcomes this evaluator did not write (rejected or abandoned trials)
-count too, so the watch follows the lineage rather than its own publishes."""
+(projections/ledger.py) or a stop rule breaks (projections/stop_rules.py), and warm the scorer for
+the rest. Outcomes this evaluator did not write (rejected or abandoned trials) count too, so the
+watch follows the lineage rather than its own publishes."""
 
 from __future__ import annotations
 

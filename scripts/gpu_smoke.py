@@ -44,7 +44,7 @@ from agents.edits import diff_trees  # noqa: E402
 from bus import subjects  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.edits import path_in  # noqa: E402
-from bus.events import CampaignStarted, TrialFinished, TrialProposed, TrialStarted, decode  # noqa: E402
+from bus.events import TrialFinished, TrialProposed, TrialStarted, decode  # noqa: E402
 from evaluators import smoke_data  # noqa: E402
 from evaluators.spec import TaskSpec, load_task  # noqa: E402
 
@@ -154,7 +154,8 @@ def missing_modules(task: str, spec: TaskSpec) -> list[str]:
     files = {p for pattern in spec.include or ["**/*.py"] for p in recipe.glob(pattern) if p.suffix == ".py"}
     local = {p.relative_to(recipe).parts[0].removesuffix(".py") for p in recipe.iterdir()}
     wanted = set().union(*(imported_modules(p.read_text()) for p in files)) - local - set(sys.stdlib_module_names)
-    probe = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+    probe = ("import importlib.util, sys\n"
+             "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
     found = subprocess.run([recipe_python(spec.command), "-c", probe, *sorted(wanted - {"__future__"})],
                            capture_output=True, text=True, timeout=120, check=True)
     return found.stdout.split()
@@ -236,15 +237,6 @@ def gpu_memory() -> tuple[float, dict[str, float]] | None:
 # -- one task -------------------------------------------------------------------------------------
 
 
-async def campaign_spec(bus: Bus, campaign: str) -> TaskSpec:
-    async for batch in bus.read(subject=subjects.of_campaign(campaign)):
-        for message in batch:
-            event = decode(message.data)
-            if isinstance(event, CampaignStarted):
-                return msgspec.convert(event.spec, TaskSpec)
-    raise ValueError(f"campaign {campaign} has not started")
-
-
 def arx(*args: str) -> str:
     done = subprocess.run([ARX, *args], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -262,9 +254,8 @@ async def probes_campaign(task: str, args, checks: Checks) -> tuple[dict, TaskSp
                          "--devices", args.devices, "--detach"], capture_output=True, text=True, timeout=600)
     if up.returncode != 0:
         raise RuntimeError(f"scripts/up.sh failed: {up.stdout[-2000:]}{up.stderr[-2000:]}")
-    campaign = arx("campaign", "running", "--task", task)
+    campaign = arx("campaign", "running", "--task", task)  # recorded with `spec`, the shortened one
     async with await Bus.connect(role="reader", name="arx-gpu-smoke") as bus:
-        spec = await campaign_spec(bus, campaign)
         entry = entry_file(spec.command)
         surface = next(s.name for s in spec.surfaces if path_in(entry, s.paths))
         probe = ProbeSpecialist(specialist="smoke-probe", surface=surface, campaign_id=campaign, entry=entry)
@@ -366,9 +357,11 @@ def use_smoke_data(task: str, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", action="append", help="a task to run (repeatable; default: every task with smoke data)")
+    parser.add_argument("--task", action="append",
+                        help="a task to run (repeatable; default: every task with smoke data)")
     parser.add_argument("--devices", default="auto", help="the executor's devices: auto (default), cpu, cuda:0,...")
-    parser.add_argument("--out", type=Path, help="where the report, the data and ARX_HOME go (default: a new temp folder)")
+    parser.add_argument("--out", type=Path,
+                        help="where the report, the data and ARX_HOME go (default: a new temp folder)")
     args = parser.parse_args()
     out = (args.out or Path(tempfile.mkdtemp(prefix="arx-gpu-smoke-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)

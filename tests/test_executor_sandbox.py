@@ -14,7 +14,7 @@ import pytest
 
 from evaluators.labels import crash_evidence
 from executors import sandbox
-from executors.sandbox import Limits, namespaces, run_command
+from executors.sandbox import Limits, run_command
 
 LIMITS = Limits(wall_s=20, memory_mb=1024, file_mb=1)
 
@@ -138,7 +138,8 @@ def run_torchrun(tmp_path: Path, code: str, limits: Limits = LIMITS, **kwargs):
 
 def test_a_worker_crash_under_torchrun_shows_the_recipes_frame_and_ends_the_others(tmp_path, isolation):
     # Rank 1 would sleep a minute: torchrun ends it (killpg of its session) once rank 0 has failed.
-    code = "import time\ndef step():\n    raise RuntimeError('broken on purpose')\nif dist.get_rank() == 0:\n    step()\ntime.sleep(60)\n"
+    code = ("import time\ndef step():\n    raise RuntimeError('broken on purpose')\n"
+            "if dist.get_rank() == 0:\n    step()\ntime.sleep(60)\n")
     result = run_torchrun(tmp_path, code, Limits(wall_s=50, memory_mb=0, file_mb=1))
     log = result.log.read_text()
     assert result.exit_code != 0 and not result.timed_out and result.wall_s < 40, log
@@ -160,7 +161,8 @@ def isolation(request, monkeypatch):
 
 
 def test_torchrun_workers_die_with_the_run_at_the_wall_clock(tmp_path, isolation):
-    hold = "import time\nblock = bytearray(64 * 1024**2)\nprint('holding', dist.get_rank(), flush=True)\ntime.sleep(60)\n"
+    hold = ("import time\nblock = bytearray(64 * 1024**2)\n"
+            "print('holding', dist.get_rank(), flush=True)\ntime.sleep(60)\n")
     begin = time.monotonic()
     result = run_torchrun(tmp_path, hold, Limits(wall_s=8, memory_mb=0, file_mb=1), grace_s=1)
     assert result.timed_out and time.monotonic() - begin < 20
@@ -199,7 +201,8 @@ def test_a_recipe_may_end_the_processes_it_started_and_no_other(tmp_path, isolat
                 "child = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
                 "os.killpg(child.pid, signal.SIGKILL)\n"
                 "print('ended its own:', child.wait())\n"
-                f"try:\n    os.kill({decoy.pid}, signal.SIGKILL)\nexcept OSError as exc:\n    print(type(exc).__name__)\n")
+                f"try:\n    os.kill({decoy.pid}, signal.SIGKILL)\n"
+                "except OSError as exc:\n    print(type(exc).__name__)\n")
         result = run_python(tmp_path, code, allow_subprocess=True)
         lines = result.log.read_text().splitlines()
         # In a pid namespace the decoy is not there to be seen; without one the fence refuses it.

@@ -189,7 +189,8 @@ async def test_a_tasks_declared_artifacts_are_stored_from_the_run_dir(arx_env, t
     folder = tmp_path / "tasks" / "tiny_keeper"
     (folder / "recipe").mkdir(parents=True)
     toml = TASK_TOML.replace('name = "tiny-task"', 'name = "tiny-keeper"')
-    (folder / "task.toml").write_text(toml.replace('frozen = ["data/"]', 'frozen = ["data/"]\nartifacts = ["*.bin", "logs/*/run.pt", "final.ptz"]'))
+    artifacts = 'artifacts = ["*.bin", "logs/*/run.pt", "final.ptz"]'
+    (folder / "task.toml").write_text(toml.replace('frozen = ["data/"]', f'frozen = ["data/"]\n{artifacts}'))
     (folder / "task.py").write_text(TASK_PY)
     (folder / "recipe" / "train.py").write_text(KEEPER)
     monkeypatch.setenv("ARX_TASKS_PATH", str(tmp_path / "tasks"))

@@ -22,7 +22,8 @@ from evaluators.spec import load_task  # noqa: E402
 
 
 @pytest.mark.parametrize(("task", "entry"), [
-    ("parameter-golf", "train_gpt.py"), ("nanochat-d12", "scripts/base_train.py"), ("airbench96", "airbench96_faster.py"),
+    ("parameter-golf", "train_gpt.py"), ("nanochat-d12", "scripts/base_train.py"),
+    ("airbench96", "airbench96_faster.py"),
 ])
 def test_the_probes_edit_the_file_the_command_runs(task, entry):
     spec = load_task(task).spec
@@ -56,16 +57,17 @@ def test_the_broken_edit_raises_first_and_the_unchanged_one_runs_as_before(tmp_p
 def test_a_module_the_recipe_imports_that_its_python_lacks_is_named_before_any_run(tmp_path, monkeypatch):
     tasks = tmp_path / "tasks"
     folder = write_task(tasks, "needy")
-    lazy = "def load():\n    import arx_no_such_module\ntry:\n    import arx_optional_extra\nexcept ImportError:\n    pass\n"
-    (folder / "recipe" / "train.py").write_text("import numpy\nimport json\n" + lazy + TRAIN)
+    lazy = ("def load():\n    import arx_no_such_module\n"
+            "try:\n    import arx_optional_extra\nexcept ImportError:\n    pass\n")
+    (folder / "recipe" / "train.py").write_text("import numpy\nimport json\n" + lazy + TRAIN + "import helpers\n")
     (folder / "recipe" / "helpers.py").write_text("import torch\n")
-    (folder / "recipe" / "train.py").write_text((folder / "recipe" / "train.py").read_text() + "import helpers\n")
     use_tasks(monkeypatch, tasks)
     spec = load_task("needy").spec
     assert missing_modules("needy", spec) == ["arx_no_such_module"]
     # The recipe's Python is the one its command runs: torchrun's is the interpreter of its script.
     assert recipe_python(["{python}", "train.py"]) == sys.executable
-    assert Path(recipe_python([str(Path(sys.executable).parent / "torchrun")])).resolve() == Path(sys.executable).resolve()
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    assert Path(recipe_python([torchrun])).resolve() == Path(sys.executable).resolve()
 
 
 # A recipe whose short run sleeps SLEEP_S, a setting it reads, so that half its wall time kills it mid-run.

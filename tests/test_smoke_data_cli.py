@@ -44,6 +44,7 @@ def test_it_never_writes_over_other_data_and_names_unknown_tasks(tmp_path):
     real.write_bytes(b"the challenge's own shard")
     run = smoke_data("--out", str(tmp_path), "--task", "parameter-golf")
     assert run.returncode == 1 and run.stderr.startswith("arx smoke-data: ") and "not smoke data" in run.stderr
-    assert real.read_bytes() == b"the challenge's own shard" and not (tmp_path / "parameter-golf" / "tokenizers").exists()
+    assert real.read_bytes() == b"the challenge's own shard"
+    assert not (tmp_path / "parameter-golf" / "tokenizers").exists()
     unknown = smoke_data("--out", str(tmp_path), "--task", "digits-speedrun")
     assert unknown.returncode == 1 and "has no smoke data" in unknown.stderr
