@@ -52,7 +52,7 @@ def signal_all(sig: int, root: int | None = None) -> None:
     for pid in descendants(os.getpid() if root is None else root):
         try:
             os.kill(pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone, or a setuid program's
             pass
 
 

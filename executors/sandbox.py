@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from executors import fence
-from executors.reaper import descendants
+from executors.reaper import signal_all
 
 log = logging.getLogger("arx.executor.sandbox")
 
@@ -185,20 +185,17 @@ def _set_limits(limits: Limits):
     return apply
 
 
+def _kill_run(pgid: int, sig: int) -> None:
+    """Signal a running run: every process below its first one, whatever their group (the reaper keeps
+    those of a run without a pid namespace below it), and its process group. Only while the first
+    process is not yet reaped: after that its pid may belong to another process."""
+    signal_all(sig, pgid)
+    _kill_group(pgid, sig)
+
+
 def _kill_group(pgid: int, sig: int) -> None:
-    """Signal the run: its process group, and every process below its first one, whatever their group
-    (the reaper keeps those of a run without a pid namespace below it)."""
-    for pid in descendants(pgid):
-        _kill(pid, sig)
     try:
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -303,7 +300,7 @@ class _Watchdog(threading.Thread):
             self.peak_disk = max(self.peak_disk, used)
             if used > budget:
                 self.killed_by = "disk_mb"
-                _kill_group(self.pgid, signal.SIGKILL)  # every moment more it writes
+                _kill_run(self.pgid, signal.SIGKILL)  # every moment more it writes
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -311,9 +308,9 @@ class _Watchdog(threading.Thread):
             if self.done.wait(min(DISK_POLL_S, left)):
                 return
         self.timed_out = True
-        _kill_group(self.pgid, signal.SIGTERM)
+        _kill_run(self.pgid, signal.SIGTERM)
         if not self.done.wait(self.grace_s):
-            _kill_group(self.pgid, signal.SIGKILL)
+            _kill_run(self.pgid, signal.SIGKILL)
 
 
 def run_command(
