@@ -61,7 +61,7 @@ class BudgetWatch:
             return reason
         if camp.stop_rules == StopRules():
             return None
-        return stop_rules.stop_reason(camp.stop_rules, stop_rules.recent(lineage, campaign_id, camp.stop_rules))
+        return stop_rules.stop_reason(camp.stop_rules, stop_rules.recent(lineage, camp))
 
     def _prepare(self, campaign_id: str) -> None:
         """Warm the campaign's sandbox and held-out data before its first trial arrives."""

@@ -27,12 +27,12 @@ from bus.settings import load_settings
 from evaluators import labels
 from evaluators.official_log import score_log
 from evaluators.sandbox import SandboxPool, scratch
-from evaluators.spec import Task, load_task, pack_folder
+from evaluators.spec import Task, load_task
 from evaluators.unpack import unpack_artifact
 from evaluators.scoring import evaluate_artifact
 from executors.devices import CPU, DEVICES_HELP, Devices, device_class, parse_devices
-from executors.sandbox import Limits
-from executors.worker import log_tail, run_recipe
+from executors.measurement import limits_of, trial_limits
+from executors.worker import log_tail, pack_artifact, run_recipe
 
 
 @dataclass(frozen=True)
@@ -135,17 +135,15 @@ async def judged_run(task: Task, run_dir: Path, pool: SandboxPool, heldout: tupl
     host's locks) and judge it as the evaluator judges one, its artifact scored on `heldout` (the
     task's (inputs, targets); None for a task scored from its log). The log is written beside run_dir."""
     spec, settings = task.spec, load_settings()
-    budgets = spec.budgets
-    limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb)
+    limits = trial_limits(spec.budgets)
     await asyncio.to_thread(task.module().prepare, run_dir)
     log_path = run_dir.with_name(f"{run_dir.name}.log")
     result = await asyncio.to_thread(run_recipe, spec, run_dir, limits, log_path, home=home, devices=devices)
     finished = TrialFinished(
         campaign_id="local", trial_id=run_dir.name, executor="arx-local",
         exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out, wall_s=result.wall_s,
-        cpu_s=result.cpu_s, peak_rss_mb=result.peak_rss_mb,
-        limits={"train_s": limits.wall_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb},
-        log_tail=log_tail(result.log, settings.log_tail_chars),
+        cpu_s=result.cpu_s, peak_rss_mb=result.peak_rss_mb, limits=limits_of(limits),
+        killed_by=result.killed_by, disk_mb=result.disk_mb, log_tail=log_tail(result.log, settings.log_tail_chars),
     )
     evaluation = await _evaluate(task, run_dir, result.log, pool, heldout) if labels.scorable(finished) else None
     return labels.judge(finished, spec, evaluation)
@@ -154,14 +152,14 @@ async def judged_run(task: Task, run_dir: Path, pool: SandboxPool, heldout: tupl
 async def _evaluate(
     task: Task, run_dir: Path, log_path: Path, pool: SandboxPool, heldout: tuple | None
 ) -> labels.Evaluation:
-    """A finished run's evaluation, made as the evaluator makes a trial's (Evaluator.evaluate).
-    `heldout` is the task's (inputs, targets); None for a task scored from its log."""
+    """A finished run's evaluation, made as the evaluator makes a trial's (Scorer.evaluate), of the
+    artifact the executor would store. `heldout` is the task's (inputs, targets); None for a task
+    scored from its log."""
     if task.spec.scored_from == "log":
         return score_log(task, log_path.read_bytes())
-    artifact = run_dir / "artifact"
-    if not artifact.is_dir():
+    packed = await asyncio.to_thread(pack_artifact, run_dir, task.spec)
+    if packed is None:
         return labels.Evaluation(failed="artifact", error="the run produced no artifact")
-    packed = await asyncio.to_thread(pack_folder, artifact)
     inputs, targets = heldout
     return await evaluate_artifact(pool, task, packed, inputs, targets, name=run_dir.name)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import msgspec
 
 from bus.events import ObjectRef
+from evaluators.spec import Budgets
 from executors.devices import CPU, CUDA
 from executors.sandbox import Limits, RunResult
 
@@ -35,6 +36,12 @@ class Measurement(msgspec.Struct, frozen=True, kw_only=True):
     def fields(self) -> dict:
         """The finished event's measured fields, by name."""
         return msgspec.structs.asdict(self)
+
+
+def trial_limits(budgets: Budgets) -> Limits:
+    """The sandbox limits of a trial's run under the task's budgets: an executor's, `arx noise`'s."""
+    return Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb,
+                  disk_mb=budgets.disk_mb)
 
 
 def limits_of(limits: Limits) -> dict[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import dataclasses
 import errno
 import fcntl
@@ -48,7 +49,7 @@ from bus.logs import setup_logging
 from evaluators.spec import Task, TaskSpec, campaign_task, pack_folder
 from executors import preflight
 from executors.devices import CPU, Devices, device_class, parse_devices
-from executors.measurement import DeviceSeconds, Measurement, limits_of
+from executors.measurement import DeviceSeconds, Measurement, limits_of, trial_limits
 from executors.sandbox import Limits, RunResult, run_command
 from executors.trees import CampaignRepo, materialize
 
@@ -107,7 +108,7 @@ def pack_artifact(run_dir: Path, spec: TaskSpec) -> bytes | None:
     if spec.artifacts:
         files = sorted({str(p.relative_to(run_dir)) for pattern in spec.artifacts for p in run_dir.glob(pattern)
                         if p.is_file() and not p.is_symlink()})
-        return pack_folder(run_dir, files) if files else None
+        return pack_folder(run_dir, [glob.escape(f) for f in files]) if files else None  # names, not globs
     artifact_dir = run_dir / "artifact"
     return pack_folder(artifact_dir) if artifact_dir.is_dir() and not artifact_dir.is_symlink() else None
 
@@ -316,9 +317,7 @@ class Executor:
         """Run a commit's tree (an edit's preflight first) and store its log and artifact."""
         run_dir = self.home / "runs" / campaign_id / name
         log_path = run_dir.with_name(f"{run_dir.name}.log")
-        budgets = task.spec.budgets
-        limits = Limits(wall_s=budgets.train_s, memory_mb=budgets.memory_mb, file_mb=budgets.file_mb,
-                        disk_mb=budgets.disk_mb)
+        limits = trial_limits(task.spec.budgets)
         shutil.rmtree(run_dir, ignore_errors=True)  # left by a crashed executor with the same attempt
         spent = DeviceSeconds(gpus=len(self.devices.ids))
 

@@ -36,8 +36,7 @@ def summary(lineage: Lineage, campaign: str | None) -> dict | None:
     found = views.summary(lineage, campaign)
     if found is not None:
         camp = views.campaign(lineage, found["campaign"])
-        rules = camp.stop_rules
-        found["stop_rules"] = stop_rules.progress(rules, stop_rules.recent(lineage, camp.campaign_id, rules))
+        found["stop_rules"] = stop_rules.progress(camp.stop_rules, stop_rules.recent(lineage, camp))
         found["ledger"] = msgspec.structs.asdict(ledger.campaign_ledger(lineage, camp))
         found["budgets"] = ledger.progress(lineage, camp)
     return found

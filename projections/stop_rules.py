@@ -75,13 +75,13 @@ class Recent(NamedTuple):
     elapsed_s: float
 
 
-def recent(lineage: Lineage, campaign_id: str, rules: StopRules) -> Recent:
-    """What the rules need of one campaign's lineage, and no more."""
-    camp = views.campaign(lineage, campaign_id)
+def recent(lineage: Lineage, camp: views.Campaign) -> Recent:
+    """What the campaign's stop rules need of its lineage, and no more."""
+    rules, c = camp.stop_rules, camp.campaign_id
     return Recent(
-        reads.latest_labels(lineage, campaign_id, rules.plateau, counted=True) if rules.plateau else [],
-        reads.latest_labels(lineage, campaign_id, rules.storm_window) if rules.storm_window else [],
-        elapsed_s(camp.started_at, until=camp.stopped_at) if camp else 0.0,
+        reads.latest_labels(lineage, c, rules.plateau, counted=True) if rules.plateau else [],
+        reads.latest_labels(lineage, c, rules.storm_window) if rules.storm_window else [],
+        elapsed_s(camp.started_at, until=camp.stopped_at),
     )
 
 

@@ -245,7 +245,7 @@ def test_a_task_may_not_set_the_variables_of_the_sandbox(tmp_path, line, name):
     path.write_text(f"{line}\n{(GOLF.folder / 'task.toml').read_text()}")
     with pytest.raises(ValueError, match=f"task.toml: env: '{name}' is not a variable a task may set"):
         load_spec(path)
-    short = (GOLF.folder / "task.toml").read_text().replace('env = { ITERATIONS = "200"', 'env = { HOME = "/", I = "1"')
+    short = (GOLF.folder / "task.toml").read_text().replace('[short.env]\n', '[short.env]\nHOME = "/"\n')
     path.write_text(short)
     with pytest.raises(ValueError, match="short.env: 'HOME'"):
         load_spec(path)

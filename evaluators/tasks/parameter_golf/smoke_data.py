@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 
 from evaluators.pydoc_text import split
 
@@ -36,6 +35,8 @@ TRAINER = dict(model_type="bpe", vocab_size=1024, character_coverage=0.999, byte
 
 def write(folder: Path) -> None:
     """Write the stand-in data into folder (created if need be), replacing an earlier stand-in there."""
+    import sentencepiece as spm
+
     folder = Path(folder)
     text = split()
     (folder / DATASET).mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,8 @@ def write(folder: Path) -> None:
         write_shard(folder / DATASET / f"fineweb_{name}_000000.bin", tokens(tokenizer, paragraphs))
 
 
-def tokens(tokenizer: spm.SentencePieceProcessor, documents: tuple[str, ...]) -> np.ndarray:
+def tokens(tokenizer, documents: tuple[str, ...]) -> np.ndarray:
+    """BOS and the pieces of each document, one stream (tokenizer: a SentencePieceProcessor)."""
     stream = []
     for pieces in tokenizer.encode(list(documents)):
         stream += [tokenizer.bos_id(), *pieces]
