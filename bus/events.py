@@ -80,8 +80,9 @@ class GateVerdict(msgspec.Struct, frozen=True, kw_only=True):
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     aggregate: ClassVar[str] = "campaign"
     verb: ClassVar[str] = ""
-    # Facts an executor writes once per delivery of a trial carry the attempt in their subject.
-    per_attempt: ClassVar[bool] = False
+    # The field whose value ends the subject, for facts written more than once per aggregate and verb:
+    # "attempt" for those an executor writes once per delivery of a trial, "call" for LLM calls.
+    last_token: ClassVar[str | None] = None
 
     # Left empty, the id is the event's subject (see bus.subjects); recorded logs keep their own ids.
     event_id: str = ""
@@ -97,13 +98,17 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
 
     @property
     def subject(self) -> str:
-        attempt = getattr(self, "attempt", None) if self.per_attempt else None
-        return subjects.subject(self.campaign_id, self.aggregate, self.aggregate_id, self.verb, attempt)
+        return subjects.subject(self.campaign_id, self.aggregate, self.aggregate_id, self.verb, self._last())
 
     def check_subject(self) -> None:
         """Every id in the subject must be a valid token: a malformed id never reaches the log."""
         check_token("campaign", self.campaign_id)
         check_token(self.aggregate, self.aggregate_id)
+        if isinstance(last := self._last(), str):
+            check_token(self.last_token, last)
+
+    def _last(self) -> int | str | None:
+        return getattr(self, self.last_token) if self.last_token else None
 
     def __post_init__(self) -> None:
         if not self.event_id:
@@ -235,7 +240,7 @@ def oversize(hypothesis: str, diff: str) -> str | None:
 
 class TrialStarted(_TrialEvent):
     verb: ClassVar[str] = "started"
-    per_attempt: ClassVar[bool] = True
+    last_token: ClassVar[str | None] = "attempt"
 
     executor: str
     attempt: Int64 = 1
@@ -279,7 +284,7 @@ class _RunFinished(_TrialEvent):
 class TrialFinished(_RunFinished):
     """The trial's run, or the preflight check that stopped it (stage PREFLIGHT_STAGE)."""
 
-    per_attempt: ClassVar[bool] = True
+    last_token: ClassVar[str | None] = "attempt"
 
 
 class TrialConfirmationRequested(_TrialEvent):
@@ -313,6 +318,7 @@ class LLMSpent(Event):
 
     aggregate: ClassVar[str] = "specialist"
     verb: ClassVar[str] = "spent"
+    last_token: ClassVar[str | None] = "call"
 
     specialist: str
     call: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex[:16])
@@ -325,14 +331,6 @@ class LLMSpent(Event):
     @property
     def aggregate_id(self) -> str:
         return self.specialist
-
-    @property
-    def subject(self) -> str:
-        return subjects.subject(self.campaign_id, self.aggregate, self.specialist, self.verb, self.call)
-
-    def check_subject(self) -> None:
-        super().check_subject()
-        check_token("call", self.call)
 
 
 def replicate_id(confirm_of: str, index: int) -> str:
