@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,8 +44,10 @@ from bus import subjects  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.edits import path_in  # noqa: E402
 from bus.events import TrialFinished, TrialProposed, TrialStarted, decode  # noqa: E402
+from bus.local import free_port  # noqa: E402
 from evaluators import smoke_data  # noqa: E402
 from evaluators.spec import TaskSpec, load_task  # noqa: E402
+from executors.devices import parse_devices  # noqa: E402
 
 ARX = str(ROOT / ".venv" / "bin" / "arx")
 TRIALS = 3  # the baseline and the two probes
@@ -341,12 +342,6 @@ async def smoke(task: str, args) -> dict:
 # -- the whole run --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def use_smoke_data(task: str, out: Path) -> None:
     """Point the task at its stand-in data unless its variable already names a folder."""
     writer = load_task(task).smoke_data()
@@ -367,11 +362,12 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.update(ARX_HOME=str(out / "home"), NATS_URL=f"nats://127.0.0.1:{free_port()}")
     tasks = args.task or smoke_data.smoke_tasks()
-    for task in tasks:
-        try:
+    try:
+        parse_devices(args.devices)
+        for task in tasks:
             load_task(task).spec.shortened()
-        except ValueError as exc:
-            parser.error(str(exc))
+    except ValueError as exc:
+        parser.error(str(exc))
     gpus = nvidia_smi("name")
     reports = []
     try:

@@ -57,6 +57,8 @@ while [ $# -gt 0 ]; do
 done
 [[ "$executors" =~ ^[1-9][0-9]*$ ]] || { echo "up.sh: --executors must be a positive integer" >&2; exit 2; }
 [[ "$evaluators" =~ ^[1-9][0-9]*$ ]] || { echo "up.sh: --evaluators must be a positive integer" >&2; exit 2; }
+[[ "$devices" =~ ^(cpu|auto|cuda:[0-9]+(,cuda:[0-9]+)*)$ ]] || {
+    echo "up.sh: --devices takes cpu, auto or a list like cuda:0,cuda:1" >&2; exit 2; }
 if [ -n "$join" ]; then
     case "$role" in executor|evaluator|agents) ;; *) echo "up.sh: --join needs --role executor, evaluator or agents" >&2; exit 2 ;; esac
 elif [ -n "$role" ]; then

@@ -106,3 +106,15 @@ def check_report(report: dict) -> None:
         assert trial["overhead_s"] >= 0 and trial["queue_s"] >= 0
     overrun = task["overrun"]
     assert overrun["label"] == "train_budget_overrun" and overrun["train_s"] >= 1.5 and overrun["timed_out"]
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("up.sh", "up.sh: --devices takes cpu, auto or a list like cuda:0,cuda:1"),
+    ("gpu_smoke.sh", "--devices: 'gpu0' is not cuda:N"),
+])
+def test_devices_that_name_no_device_are_refused_before_anything_starts(tmp_path, script, message):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARX_", "NATS_"))} | {"ARX_HOME": str(tmp_path)}
+    run = subprocess.run([str(ROOT / "scripts" / script), "--devices", "gpu0"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert list(tmp_path.iterdir()) == []  # no server, no campaign
