@@ -83,9 +83,10 @@ def audit(lineage: Lineage, campaign_id: str | None = None) -> dict:
     return {"campaigns": {name: audit_campaign(lineage, name) for name in names}}
 
 
-def audit_campaign(lineage: Lineage, campaign_id: str) -> dict:
+def audit_campaign(lineage: Lineage, campaign_id: str, trials: list | None = None) -> dict:
+    """The campaign's audit; `trials`: its load_trials, when the caller has them already."""
     camp = views.campaign(lineage, campaign_id)
-    trials = load_trials(lineage, campaign_id)
+    trials = load_trials(lineage, campaign_id) if trials is None else trials
     root = next((t for t in trials if t.parent_id is None), None)
     counted = [t for t in trials if t is not root]
     declared = {

@@ -13,6 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
+from projections.audit import open_lineage
 from projections.projector import db_path
 from projections.ui_metadata import DATABASE, REPORT_PATH, metadata
 
@@ -77,6 +78,9 @@ def cli(args) -> int:
     path = db_path(args)
     if not path.is_file():
         raise RuntimeError(f"no lineage database at {path}: start `arx projector` (or scripts/up.sh) first")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: give 0 to 65535")
+    open_lineage(str(path)).close()  # a file that is no lineage, or an outdated one, is said now, not as a 500
     try:
         datasette = build(path)
     except ImportError as exc:

@@ -41,7 +41,8 @@ def report_page(path: Path, campaign: str | None, urls) -> str:
         name = names[0] if campaign is None else campaign
         if name not in names:
             raise NoCampaign(f"no campaign {name!r} in the lineage")
-        report, trials = audit_campaign(lineage, name), load_trials(lineage, name)
+        trials = load_trials(lineage, name)
+        report = audit_campaign(lineage, name, trials)
     finally:
         lineage.close()
 

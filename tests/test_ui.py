@@ -260,6 +260,16 @@ def test_a_missing_lineage_is_refused(tmp_path):
         " scripts/up.sh) first\n"
 
 
+def test_a_file_that_is_no_lineage_and_a_port_out_of_range_are_refused_before_serving(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_text("not sqlite")
+    for db, port, said in ((junk, "0", f"arx ui: {junk}: not a lineage database"),
+                           (empty_lineage(tmp_path), "70000", "arx ui: --port 70000: give 0 to 65535")):
+        done = subprocess.run([sys.executable, str(ROOT / "arx.py"), "ui", "--db", str(db), "--port", port],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert done.returncode == 1 and done.stdout == "" and done.stderr.startswith(said), done.stderr
+
+
 def test_even_datasettes_own_write_connection_cannot_write(tmp_path):
     needs("datasette", UI_EXTRA)
     from projections.ui import build
