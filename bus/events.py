@@ -43,7 +43,12 @@ Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return stamp(dt.datetime.now(dt.timezone.utc))
+
+
+def stamp(moment: dt.datetime) -> str:
+    """A UTC moment as events record it (occurred_at): compared as text in the lineage, so one format."""
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def new_id(prefix: str) -> str:

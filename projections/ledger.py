@@ -19,6 +19,7 @@ HOUR_S = 3600.0
 
 # One trial's ledger as columns of `trials`; the CPU side counts the evaluators' scoring too.
 _COLUMNS = ("sum(device_cpu_s + eval_s)", "sum(device_cuda_s)", "sum(tokens_in + tokens_out)", "sum(cost_usd)")
+_SUMS = ", ".join(f"coalesce({c}, 0)" for c in _COLUMNS)  # what _ledger takes, of a set of trials
 
 
 class Ledger(msgspec.Struct, frozen=True):
@@ -58,7 +59,7 @@ def _ledger(cpu_s: float, cuda_s: float, tokens: int, llm_usd: float, prices: Pr
 def campaign_ledger(lineage: Lineage, camp: Campaign) -> Ledger:
     """The campaign's whole cost: its trials' and its LLM calls that led to no proposal."""
     cpu_s, cuda_s, tokens, usd = lineage.db.execute(
-        f"SELECT {', '.join(f'coalesce({c}, 0)' for c in _COLUMNS)} FROM trials WHERE campaign_id = ?",
+        f"SELECT {_SUMS} FROM trials WHERE campaign_id = ?",
         (camp.campaign_id,),
     ).fetchone()
     extra_tokens, extra_usd = lineage.db.execute(
@@ -77,7 +78,7 @@ def text(spent: dict) -> str:
 def ledger_by(lineage: Lineage, camp: Campaign, column: str) -> dict[str, Ledger]:
     """The trials' cost grouped by one of their columns ("specialist", "label"); unfinished trials under "-"."""
     rows = lineage.db.execute(
-        f"SELECT coalesce({column}, '-'), {', '.join(f'coalesce({c}, 0)' for c in _COLUMNS)} FROM trials"
+        f"SELECT coalesce({column}, '-'), {_SUMS} FROM trials"
         f" WHERE campaign_id = ? GROUP BY 1 ORDER BY 1",
         (camp.campaign_id,),
     )
@@ -85,7 +86,7 @@ def ledger_by(lineage: Lineage, camp: Campaign, column: str) -> dict[str, Ledger
 
 
 def trial_ledgers(lineage: Lineage, camp: Campaign) -> dict[str, Ledger]:
-    """Each trial's cost, by trial id, in proposal order."""
+    """Each trial's cost, by trial id (in trial id order)."""
     return ledger_by(lineage, camp, "trial_id")
 
 

@@ -98,11 +98,12 @@ def campaign_cost(lineage: Lineage, campaign_id: str) -> float:
     """LLM dollars the campaign has spent so far: its trials' (served by the partial index trials_by_cost)
     and its calls' that led to no proposal."""
     (spent,) = _one(
-        lineage, "SELECT coalesce(sum(cost_usd), 0) FROM trials WHERE campaign_id = ? AND cost_usd > 0", (campaign_id,)
+        lineage,
+        "SELECT coalesce(sum(cost_usd), 0) + coalesce((SELECT unproposed_usd FROM campaigns WHERE campaign_id = ?1), 0)"
+        " FROM trials WHERE campaign_id = ?1 AND cost_usd > 0",
+        (campaign_id,),
     )
-    (unproposed,) = _one(lineage, "SELECT coalesce(unproposed_usd, 0) FROM campaigns WHERE campaign_id = ?",
-                         (campaign_id,)) or (0.0,)
-    return spent + unproposed
+    return spent
 
 
 def step(lineage: Lineage, campaign_id: str, trial_id: str) -> Step | None:

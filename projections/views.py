@@ -7,7 +7,7 @@ import time
 
 import msgspec
 
-from bus.events import Budgets, Prices, StopRules
+from bus.events import Budgets, Prices, StopRules, stamp
 from projections.lineage import BUDGETED, Lineage, loads
 
 
@@ -193,7 +193,7 @@ def _orphaned_claims(lineage: Lineage, campaign_id: str, limit: int, now: float)
         "SELECT count(*) FROM slot_claims AS s WHERE s.campaign_id = ? AND s.slot BETWEEN 1 AND ?"
         " AND s.claimed_at < ?"
         " AND NOT EXISTS (SELECT 1 FROM trials AS t WHERE t.campaign_id = s.campaign_id AND t.trial_id = s.trial_id)",
-        (campaign_id, limit, cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")),
+        (campaign_id, limit, stamp(cutoff)),
     ).fetchone()
     return orphaned
 
