@@ -111,9 +111,9 @@ async def _wait_stopped(settings, campaign: str, procs: Roles, timeout_s: float)
         lineage = Lineage()
         while True:
             await catch_up(bus, lineage)
-            summary = status.summary(lineage, campaign)
+            summary = views.summary(lineage, campaign)  # the ledger and the rules only once it is over
             if summary is not None and summary["stopped"] and summary["in_flight"] == 0:
-                return summary, True
+                return status.summary(lineage, campaign), True
             if failed := procs.failed():
                 raise RuntimeError(f"{failed[0]} exited with an error: {procs.log(failed[0])[-2000:]}")
             if time.monotonic() > deadline:
@@ -136,9 +136,10 @@ def table(runs: list[Run]) -> list[str]:
     for run in runs:
         labels = ", ".join(f"{label} {n}" for label, n in sorted(run.labels.items()))
         note = "" if run.complete else " (stopped at the time limit)"
+        cost = ledger.text(run.ledger) if run.ledger else "-"
         lines.append(
             f"| {run.arm} | {run.seed} | {_cell(run.baseline_score)} | {_cell(run.best_score)} |"
-            f" {_cell(run.improvement_pct, '%')} | {run.trials}{note} | {ledger.text(run.ledger) if run.ledger else '-'} | {labels} |"
+            f" {_cell(run.improvement_pct, '%')} | {run.trials}{note} | {cost} | {labels} |"
         )
     return lines
 

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents.bench import report  # noqa: E402
+from bus.argtypes import positive_int  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.eventfile import export_campaign, read_lines  # noqa: E402
 from bus.events import (  # noqa: E402
@@ -432,11 +433,15 @@ def _verdict(met: bool) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log", choices=sorted(LOGS), default="pg_main")
-    parser.add_argument("--events", type=int, default=180_014)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rss-events", type=int, default=1_000_000, help="0: no peak RSS run")
+    parser.add_argument("--events", type=positive_int, default=180_014)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--rss-events", type=lambda text: positive_int(text, least=0), default=1_000_000,
+                        help="0: no peak RSS run")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
+    seed_run = SEED_RUNS / args.log / "results.tsv"
+    if args.log != "synthetic" and not seed_run.is_file():  # found before a server starts, not after
+        parser.error(f"--log {args.log}: no {seed_run}; use --log synthetic")
     with tempfile.TemporaryDirectory(prefix="arx-bench-replay-") as work:
         results, events = measure(args.log, args.events, args.rounds, Path(work))
         long = peak_rss(args.log, args.rss_events, Path(work)) if args.rss_events else None

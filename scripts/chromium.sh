@@ -5,12 +5,14 @@
 set -uo pipefail
 command -v chromium >/dev/null && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "chromium.sh: no chromium, and only root on a Debian-like machine can install it here (apt-get install chromium)" >&2
+    echo "chromium.sh: no chromium, and only root on a Debian-like machine can install it here" \
+        "(apt-get install chromium)" >&2
     exit 0
 fi
 echo "chromium.sh: installing Debian's chromium for the browser tests" >&2
 export DEBIAN_FRONTEND=noninteractive
-if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } >/tmp/arx-chromium-install.log 2>&1; then
-    echo "chromium.sh: apt-get install chromium failed (see /tmp/arx-chromium-install.log)" >&2
+log=/tmp/arx-chromium-install.log
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } >"$log" 2>&1; then
+    echo "chromium.sh: apt-get install chromium failed (see $log)" >&2
 fi
 exit 0

@@ -5,10 +5,10 @@
 #                 [--budget-device-hours KIND=H]... [--short] [--ui] [--ui-port P] [--wait | --detach]
 # Sets up .venv, starts nats-server (unless one answers at NATS_URL), the projector, the evaluators,
 # K executors (on --devices: cpu, the default, auto, or cuda:0,cuda:1) and the default specialists
-# (pids and logs under .arx/), starts a campaign and shows its progress. --measure-noise times RUNS runs of the starting recipe first and records that noise
-# floor in the campaign instead of the task's prior. --plateau, --failure-storm and --deadline are the
-# campaign's stop rules, --budget-usd and --budget-device-hours its budgets (`arx campaign start
-# --help`). --short runs the recipe shrunk through its own settings (the task's [short] table). --ui
+# (pids and logs under .arx/), starts a campaign and shows its progress. --measure-noise times RUNS
+# runs of the starting recipe first and records that noise floor in the campaign instead of the task's
+# prior. --plateau, --failure-storm and --deadline are the campaign's stop rules, --budget-usd and
+# --budget-device-hours its budgets (`arx campaign start --help`). --short runs the recipe shrunk through its own settings (the task's [short] table). --ui
 # also serves lineage.db and the campaign report in the browser (`arx ui`, on 127.0.0.1:8001 or
 # --ui-port P) and prints its address. Run again, it reuses whatever is still running.
 #
@@ -26,7 +26,8 @@ task=digits-speedrun trials=30 executors=1 evaluators=1 devices=cpu mode=watch n
 limits=()  # stop rules and budgets, passed on to `arx campaign start`
 usage() {
     echo "usage: scripts/up.sh [--task NAME] [--trials N] [--executors K] [--evaluators K] [--devices SPEC]" >&2
-    echo "                     [--measure-noise RUNS] [--plateau K] [--failure-storm F/K] [--deadline DURATION] [--budget-usd D]" >&2
+    echo "                     [--measure-noise RUNS] [--plateau K] [--failure-storm F/K] [--deadline DURATION]" >&2
+    echo "                     [--budget-usd D]" >&2
     echo "                     [--budget-device-hours KIND=H]... [--short] [--ui] [--ui-port P]" >&2
     echo "                     [--wait | --detach]" >&2
     echo "       scripts/up.sh --join URL --role executor|evaluator|agents [--executors K] [--evaluators K]" >&2
@@ -156,8 +157,8 @@ campaign=$($arx campaign running --task "$task")
 if [ -n "$campaign" ]; then
     echo "reusing running campaign $campaign"
 else
-    campaign=$($arx campaign start --task "$task" --trials "$trials" ${noise_runs:+--measure-noise "$noise_runs" --devices "$devices"} \
-        ${limits[@]+"${limits[@]}"})
+    campaign=$($arx campaign start --task "$task" --trials "$trials" \
+        ${noise_runs:+--measure-noise "$noise_runs" --devices "$devices"} ${limits[@]+"${limits[@]}"})
     echo "started campaign $campaign ($trials trials of $task)"
 fi
 start_agents "$campaign"
