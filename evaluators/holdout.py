@@ -33,7 +33,7 @@ from bus.settings import load_settings
 from evaluators import labels
 from evaluators.remeasure import remeasure
 from evaluators.sandbox import scratch
-from evaluators.scoring import evaluate_artifact
+from evaluators.scoring import evaluate_artifact, stored_artifact
 from evaluators.spec import Task, TaskSpec, campaign_task
 from projections import audit, views
 from projections.lineage import Lineage
@@ -56,10 +56,11 @@ def _ranks(values: list[float]) -> list[float]:
 
 def keeps(lineage: Lineage, campaign_id: str) -> list[dict]:
     """The kept trials in the order they became the incumbent, each with the incumbent it was scored against."""
-    trials = sorted((t for t in audit.load_trials(lineage, campaign_id) if t.label == "keep"),
-                    key=lambda t: t.outcome_seq)
-    return [{"trial": t.trial_id, "specialist": t.specialist, "score": t.score,
-             "incumbent": views.trial_detail(lineage, campaign_id, t.trial_id)["incumbent_id"]} for t in trials]
+    return lineage.query(
+        "SELECT trial_id AS trial, specialist, score, incumbent_id AS incumbent FROM trials"
+        " WHERE campaign_id = ? AND label = 'keep' ORDER BY outcome_seq",
+        (campaign_id,),
+    )
 
 
 async def rescore(bus: Bus, task: Task, campaign_id: str, trial_ids: list[str], data: tuple, *, home: Path,
@@ -71,10 +72,11 @@ async def rescore(bus: Bus, task: Task, campaign_id: str, trial_ids: list[str], 
     async with scratch(home, f"holdout-{campaign_id}-") as (_, pool):
         for trial_id in trial_ids:
             finished = await bus.last_event(subjects.trial(campaign_id, trial_id, "finished.*"))
-            if not isinstance(finished, TrialFinished) or finished.artifact is None:
-                raise RuntimeError(f"campaign {campaign_id}: trial {trial_id} has no stored artifact to re-score")
-            data = await bus.get_object(finished.artifact)
-            evaluation = await evaluate_artifact(pool, task, data, inputs, targets, name=trial_id)
+            if not isinstance(finished, TrialFinished):
+                raise RuntimeError(f"campaign {campaign_id}: trial {trial_id} has no run in the log to re-score")
+            artifact = await stored_artifact(bus, finished)  # or why there is none: that keep's failure
+            evaluation = artifact if isinstance(artifact, labels.Evaluation) else await evaluate_artifact(
+                pool, task, artifact, inputs, targets, name=trial_id)
             verdict = verdicts[trial_id] = labels.judge(finished, task.spec, evaluation)
             progress(f"{trial_id} on holdout(): {verdict.label}, {task.spec.score} {verdict.score}")
     return verdicts

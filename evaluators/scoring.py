@@ -90,11 +90,18 @@ class Scorer:
     async def evaluate(self, task: Task, finished: _RunFinished) -> labels.Evaluation:
         if task.spec.scored_from == "log":  # official tasks: the captured log is the official output
             return await evaluate_log(self.bus, task, finished)
-        if finished.artifact is None:
-            return labels.Evaluation(failed="artifact", error="the run produced no artifact")
-        try:
-            data = await self.bus.get_object(finished.artifact)
-        except (NotFoundError, ValueError) as exc:
-            return labels.Evaluation(failed="artifact", error=f"artifact {finished.artifact.name}: {exc}")
+        data = await stored_artifact(self.bus, finished)
+        if isinstance(data, labels.Evaluation):
+            return data
         inputs, targets = await self.heldout(task)
         return await evaluate_artifact(self.pool, task, data, inputs, targets, name=finished.trial_id)
+
+
+async def stored_artifact(bus: Bus, finished: _RunFinished) -> bytes | labels.Evaluation:
+    """The run's artifact from the object store, or the failed evaluation that says why there is none."""
+    if finished.artifact is None:
+        return labels.Evaluation(failed="artifact", error="the run produced no artifact")
+    try:
+        return await bus.get_object(finished.artifact)
+    except (NotFoundError, ValueError) as exc:
+        return labels.Evaluation(failed="artifact", error=f"artifact {finished.artifact.name}: {exc}")
