@@ -162,7 +162,7 @@ def isolation(request, monkeypatch):
 
 def test_torchrun_workers_die_with_the_run_at_the_wall_clock(tmp_path, isolation):
     hold = ("import time\nblock = bytearray(64 * 1024**2)\n"
-            "print('holding', dist.get_rank(), flush=True)\ntime.sleep(60)\n")
+            "print(f'holding {dist.get_rank()}', flush=True)\ntime.sleep(60)\n")
     begin = time.monotonic()
     result = run_torchrun(tmp_path, hold, Limits(wall_s=8, memory_mb=0, file_mb=1), grace_s=1)
     assert result.timed_out and time.monotonic() - begin < 20
